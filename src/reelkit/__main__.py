@@ -1,0 +1,5 @@
+import sys
+
+from reelkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,279 @@
+"""The ``reelkit`` command line: one sub-app per capability, ``--help`` everywhere.
+
+User mistakes (bad options, sizes, frame counts, files, prompt words) print one ``error:`` line and
+exit with code 2; notices (such as a frame count rounded down to ``1 + 4k``) print as ``notice:``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from reelkit.errors import ReelkitError
+
+try:  # typer >= 0.29 vendors click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+app = typer.Typer(help="reelkit: fast, memory-efficient video diffusion.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+world_app = typer.Typer(help="The demo world: procedural captioned clips.", no_args_is_help=True)
+video_app = typer.Typer(help="Video files: inspect, resample, crop, contact sheets.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+app.add_typer(video_app, name="video")
+
+
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int], Callable[[], None]]]:
+    """Yield ``task(description, total) -> advance``; bars draw on a terminal and vanish when done."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        def task(description: str, total: int) -> Callable[[], None]:
+            task_id = progress.add_task(description, total=total)
+            return lambda: progress.advance(task_id)
+
+        yield task
+
+
+def _check_output(path: Path, suffixes: tuple[str, ...]) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise ReelkitError(f"{path}: output must end in {' or '.join(suffixes)}")
+
+
+# --------------------------------------------------------------------------------------------- info
+
+@app.command()
+def info() -> None:
+    """Versions, compute device and bundled models."""
+    import importlib.metadata as md
+
+    import torch
+
+    from reelkit.paths import bundled_models, shared_data_clips
+
+    table = Table(show_header=False, box=None)
+    for package in ("reelkit", "torch", "diffusers", "accelerate", "peft", "safetensors", "av", "torchmetrics"):
+        try:
+            table.add_row(package, md.version(package))
+        except md.PackageNotFoundError:
+            table.add_row(package, "not installed")
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    table.add_row("device", f"{device}, {torch.get_num_threads()} CPU threads")
+    models = bundled_models()
+    table.add_row("bundled models", ", ".join(models) if models else "none yet")
+    clips = shared_data_clips()
+    table.add_row("shared clips", ", ".join(c.name for c in clips) if clips else "none found")
+    console.print(table)
+
+
+# -------------------------------------------------------------------------------------------- world
+
+@world_app.command("render")
+def world_render(
+    prompt: Annotated[str | None, typer.Argument(help="What to show, in the world's vocabulary.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or .webm.")] = Path("clip.mp4"),
+    seed: Annotated[int, typer.Option(help="Draws everything the prompt leaves open.")] = 0,
+    frames: Annotated[int, typer.Option(help="Frame count, 1+4k (others round down).")] = 17,
+    size: Annotated[int, typer.Option(help="Height (and width), a multiple of 8.")] = 64,
+    width: Annotated[int | None, typer.Option(help="Width, if not square.")] = None,
+    fps: Annotated[float, typer.Option(help="Frame rate of the written file.")] = 8.0,
+    random: Annotated[bool, typer.Option("--random", help="Render a random scene instead of a prompt.")] = False,
+    sheet: Annotated[Path | None, typer.Option(help="Also save a contact-sheet PNG here.")] = None,
+) -> None:
+    """Render a demo-world clip from a prompt (or --random) to a video file."""
+    from reelkit.conventions import as_height_width, round_down_frames
+    from reelkit.data.captions import parse_prompt
+    from reelkit.data.video_io import WRITERS, contact_sheet, write_video
+    from reelkit.data.world import render_clip
+
+    if (prompt is None) == (not random):
+        raise ReelkitError("give a PROMPT or --random (not both)")
+    _check_output(output, WRITERS)
+    if sheet is not None:
+        _check_output(sheet, (".png",))
+    height_width = as_height_width((size, width or size))
+    frames = round_down_frames(frames)
+    if prompt is not None:
+        parse_prompt(prompt)  # fail on unknown words before any work
+    with progress_bars() as task:
+        advance = task("rendering", frames)
+        clip = render_clip(seed, frames, height_width, prompt=None if random else prompt, progress=lambda _: advance())
+    write_video(clip.video, output, fps=fps)
+    if sheet is not None:
+        contact_sheet(clip.video, sheet)
+    console.print(f"caption: {clip.caption}")
+    console.print(f"labels:  {json.dumps(clip.labels)}", highlight=False)
+    console.print(f"wrote {output} ({frames} frames, {height_width[0]}x{height_width[1]}, {fps:g} fps)")
+
+
+@world_app.command("vocab")
+def world_vocab() -> None:
+    """List the shapes, colours, motions, backgrounds and every word a prompt may use."""
+    from reelkit.data import captions
+
+    for title, names in (("shapes", captions.SHAPE_SYNONYMS), ("colours", captions.COLOR_SYNONYMS),
+                         ("motions", captions.MOTION_KEYWORDS), ("backgrounds", captions.BACKGROUND_COLOR_SYNONYMS),
+                         ("textures", captions.TEXTURE_WORDS)):
+        console.print(f"[bold]{title}[/]: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in names.items()))
+    console.print(f"[bold]all words[/]: {' '.join(sorted(captions.VOCABULARY))}")
+
+
+@world_app.command("sample")
+def world_sample(
+    count: Annotated[int, typer.Option(help="How many captions.")] = 5,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+) -> None:
+    """Print random captions with their labels (no rendering)."""
+    import numpy as np
+
+    from reelkit.data.captions import write_caption
+    from reelkit.data.world import sample_scene
+
+    for s in range(seed, seed + count):
+        scene = sample_scene(s)
+        caption = write_caption(scene.objects, scene.background, np.random.default_rng([s, 1]))
+        console.print(f"{s}: {caption}", highlight=False)
+
+
+# -------------------------------------------------------------------------------------------- video
+
+@video_app.command("info")
+def video_info(path: Annotated[Path, typer.Argument(help="Video file or folder of PNG frames.")]) -> None:
+    """Size, frame rate, length and codec."""
+    from reelkit.data.video_io import probe_video
+
+    meta = probe_video(path)
+    console.print(f"{meta.path}: {meta.width}x{meta.height}, {meta.fps:g} fps, {meta.num_frames} frames, "
+                  f"{meta.duration_s:.2f} s, {meta.codec}", highlight=False)
+
+
+@video_app.command("convert")
+def video_convert(
+    path: Annotated[Path, typer.Argument(help="Video file or folder of PNG frames.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif, .webm or .png (sheet).")],
+    frames: Annotated[int | None, typer.Option(help="Frames to keep, 1+4k (others round down).")] = None,
+    fps: Annotated[float | None, typer.Option(help="Resample to this frame rate.")] = None,
+    size: Annotated[int | None, typer.Option(help="Resize and centre-crop to SIZE x SIZE.")] = None,
+    start: Annotated[float, typer.Option(help="Start time in seconds.")] = 0.0,
+) -> None:
+    """Resample, trim and centre-crop a clip the way reelkit models read it; write a video or a contact sheet."""
+    from reelkit.data.video_io import WRITERS, contact_sheet, read_video, write_video
+
+    _check_output(output, (*WRITERS, ".png"))
+    video = read_video(path, num_frames=frames, fps=fps, size=size, start_s=start)
+    if output.suffix.lower() == ".png":
+        contact_sheet(video, output)
+    else:
+        write_video(video, output, fps=fps or _source_fps(path))
+    _, t, h, w = video.shape
+    console.print(f"wrote {output} ({t} frames, {h}x{w})")
+
+
+def _source_fps(path: Path) -> float:
+    from reelkit.data.video_io import probe_video
+
+    return probe_video(path).fps
+
+
+# -------------------------------------------------------------------------------------------- bench
+
+@app.command()
+def bench(
+    suite: Annotated[str, typer.Argument(help="Suite to run: world, ...")],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller run (under 3 minutes on 2 CPU cores).")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    repeats: Annotated[int | None, typer.Option(help="Timed repeats per row (median reported).")] = None,
+) -> None:
+    """Measure a suite side by side in one process and print (and optionally save) the figures."""
+    from reelkit.eval.bench import load_suite, run_suite, write_report
+
+    load_suite(suite)  # unknown suite: fail before any work
+    if json_path is not None:
+        _check_output(json_path, (".json",))
+    if repeats is not None and repeats < 1:
+        raise ReelkitError("--repeats must be at least 1")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ReelkitError(f"unknown device '{device}'; use cpu or cuda")
+    with progress_bars() as task:
+        report = run_suite(suite, quick=quick, device=device, repeats=repeats, progress=task)
+    _print_rows(report)
+    if json_path is not None:
+        write_report(report, json_path)
+        console.print(f"wrote {json_path}")
+
+
+def _print_rows(report: dict) -> None:
+    rows = report["rows"]
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=f"bench {report['suite']} ({report['machine']['device']})")
+    for key in keys:
+        table.add_column(key, justify="left" if key == "method" else "right")
+    for row in rows:
+        table.add_row(*(_format(row.get(k)) for k in keys))
+    console.print(table, width=max(console.width, 160))
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+class _NoticeHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"notice: {record.getMessage()}", highlight=False, markup=False)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning user errors into one line on stderr and exit code 2."""
+    logger = logging.getLogger("reelkit")
+    if not any(isinstance(h, _NoticeHandler) for h in logger.handlers):
+        logger.addHandler(_NoticeHandler())
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="reelkit", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError:  # `reelkit world` alone: typer has printed its help
+        return 0
+    except click_errors.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        err_console.print(f"error: {_one_line(error.format_message())}{hint}", markup=False, highlight=False)
+        return 2
+    except ReelkitError as error:
+        err_console.print(f"error: {_one_line(str(error))}", markup=False, highlight=False)
+        return 2
+    except typer.Abort:
+        err_console.print("aborted", markup=False)
+        return 130
+    except typer.Exit as done:
+        return done.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

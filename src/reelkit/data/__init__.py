@@ -1,0 +1,1 @@
+"""Data: the procedural demo world, video I/O and datasets."""

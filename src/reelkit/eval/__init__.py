@@ -1,0 +1,1 @@
+"""Evaluation: metrics, adherence and the benchmark suites behind ``reelkit bench``."""

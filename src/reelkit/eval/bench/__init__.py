@@ -1,0 +1,92 @@
+"""``reelkit bench``: side-by-side measurements in one process, written as JSON.
+
+A suite is a module with ``run(ctx: BenchContext) -> list[dict]``, listed in :data:`SUITES` and
+imported only when asked for (suites may import heavy models). Each row has a ``method`` and figures
+with suffixed names (``latency_s``, ``speedup``, ``psnr_db``, ``ssim``, ``peak_mem_bytes``, ``flops``).
+The report layout::
+
+    {"suite", "created", "machine": {cpu, cores, gpu, torch, diffusers, ...},
+     "settings": {...}, "rows": [{"method": str, ...figures...}]}
+
+>>> from reelkit.eval.bench import run_suite
+>>> report = run_suite("world", quick=True)  # doctest: +SKIP
+>>> report["rows"][0]["method"]  # doctest: +SKIP
+'render'
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from reelkit.errors import ReelkitError
+from reelkit.eval.bench.harness import Timing, count_flops, machine_info, measure_latency, peak_memory_bytes
+from reelkit.files import atomic_path
+
+SUITES: dict[str, str] = {
+    "world": "reelkit.eval.bench.world",
+}
+"""Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
+
+
+@dataclass
+class BenchContext:
+    """What a suite gets: the run's settings and the shared measuring tools.
+
+    ``progress(description, total)`` returns a callable to advance a progress bar by one step.
+    """
+
+    quick: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    warmup: int = 1
+    repeats: int = 3
+    settings: dict = field(default_factory=dict)
+    progress: Callable[[str, int], Callable[[], None]] = lambda description, total: (lambda: None)
+
+    def time(self, fn: Callable[[], object], on_repeat: Callable[[], None] | None = None) -> Timing:
+        return measure_latency(fn, self.warmup, self.repeats, self.device, on_repeat)
+
+    def peak_memory(self, fn: Callable[[], object], *modules: torch.nn.Module) -> int:
+        return peak_memory_bytes(fn, *modules, device=self.device)
+
+    def flops(self, fn: Callable[[], object]) -> int:
+        return count_flops(fn)
+
+
+def load_suite(name: str):
+    if name not in SUITES:
+        raise ReelkitError(f"unknown bench suite '{name}'; known suites: {', '.join(sorted(SUITES))}")
+    return importlib.import_module(SUITES[name])
+
+
+def run_suite(name: str, quick: bool = False, device: str | torch.device = "cpu", repeats: int | None = None,
+              progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict:
+    """Run one suite and return its report (see the module docstring for the layout)."""
+    suite = load_suite(name)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ReelkitError("--device cuda asked for, but torch sees no CUDA device here")
+    ctx = BenchContext(quick=quick, device=device, repeats=repeats or (2 if quick else 5))
+    if progress is not None:
+        ctx.progress = progress
+    ctx.settings.update({"quick": quick, "warmup": ctx.warmup, "repeats": ctx.repeats})
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    rows = suite.run(ctx)
+    return {"suite": name, "created": created, "machine": machine_info(device), "settings": ctx.settings,
+            "rows": rows}
+
+
+def write_report(report: dict, path: str | os.PathLike) -> Path:
+    """Write a report as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+

@@ -1,0 +1,121 @@
+"""Measurement tools every bench suite shares: latency, peak memory, FLOPs and the machine record.
+
+* latency: warm-up calls, then ``repeats`` timed calls; the median is reported (CUDA is synchronised).
+* peak memory: ``torch.distributed._tools.mem_tracker.MemTracker`` on CPU (tensors allocated during
+  the call, plus the parameters and buffers of the modules passed in); on CUDA
+  ``torch.cuda.max_memory_allocated`` over the call.
+* FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention).
+
+>>> import torch
+>>> from reelkit.eval.bench.harness import count_flops, measure_latency, peak_memory_bytes
+>>> layer = torch.nn.Linear(64, 64)
+>>> x = torch.randn(8, 64)
+>>> count_flops(lambda: layer(x))  # 2 * 8 * 64 * 64
+65536
+>>> peak_memory_bytes(lambda: layer(x), layer) >= 64 * 64 * 4
+True
+>>> measure_latency(lambda: layer(x), warmup=1, repeats=3).median_s > 0
+True
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    times_s: tuple[float, ...]
+
+
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(fn: Callable[[], object], warmup: int = 1, repeats: int = 3,
+                    device: torch.device | str | None = None,
+                    on_repeat: Callable[[], None] | None = None) -> Timing:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        if on_repeat is not None:
+            on_repeat()
+    return Timing(statistics.median(times), tuple(times))
+
+
+def peak_memory_bytes(fn: Callable[[], object], *modules: torch.nn.Module,
+                      device: torch.device | str | None = None) -> int:
+    """Peak bytes held while ``fn()`` runs: its allocations plus the weights of ``modules``."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    if modules:
+        tracker.track_external(*modules)
+    with tracker:
+        fn()
+    snapshot = tracker.get_tracker_snapshot("peak")
+    return int(sum(stats["Total"] for stats in snapshot.values()))
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of ``fn()`` as counted by ``FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict:
+    """What the figures were measured on: CPU, cores, GPU, library versions."""
+    import diffusers
+
+    device = torch.device(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "device": str(device),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

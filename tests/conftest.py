@@ -1,0 +1,28 @@
+import logging
+from pathlib import Path
+
+import pytest
+
+from reelkit.cli import main
+from reelkit.paths import shared_data_clips
+
+
+@pytest.fixture
+def shared_clips() -> list[Path]:
+    clips = shared_data_clips()
+    if not clips:
+        pytest.skip("the real clips in ../shared/data are absent (set REELKIT_SHARED_DATA to their folder)")
+    return clips
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: returns (exit_code, stdout, stderr)."""
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    logging.getLogger("reelkit").handlers.clear()
