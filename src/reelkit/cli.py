@@ -38,11 +38,13 @@ app.add_typer(video_app, name="video")
 
 
 @contextmanager
-def progress_bars() -> Iterator[Callable[[str, int], Callable[[], None]]]:
-    """Yield ``task(description, total) -> advance``; bars draw on a terminal and vanish when done."""
+def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[], None]]]:
+    """Yield ``task(description, total) -> advance``; bars draw on a terminal and vanish when done.
+
+    ``total=None`` draws an open-ended bar (a count with no end known in advance)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        def task(description: str, total: int) -> Callable[[], None]:
+        def task(description: str, total: int | None) -> Callable[[], None]:
             task_id = progress.add_task(description, total=total)
             return lambda: progress.advance(task_id)
 
@@ -174,7 +176,9 @@ def video_convert(
     from reelkit.data.video_io import WRITERS, contact_sheet, read_video, write_video
 
     _check_output(output, (*WRITERS, ".png"))
-    video = read_video(path, num_frames=frames, fps=fps, size=size, start_s=start)
+    with progress_bars() as task:
+        video = read_video(path, num_frames=frames, fps=fps, size=size, start_s=start,
+                           progress=task("reading", frames))
     if output.suffix.lower() == ".png":
         contact_sheet(video, output)
     else:
@@ -225,7 +229,7 @@ def _print_rows(report: dict) -> None:
         table.add_column(key, justify="left" if key == "method" else "right")
     for row in rows:
         table.add_row(*(_format(row.get(k)) for k in keys))
-    console.print(table, width=max(console.width, 160))
+    Console(width=max(console.width, 160)).print(table)  # figures stay readable when piped to a log
 
 
 def _format(value: object) -> str:

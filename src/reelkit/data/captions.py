@@ -162,8 +162,13 @@ def unknown_words(prompt: str) -> list[str]:
     return [t for t in dict.fromkeys(tokenize(prompt)) if t not in VOCABULARY]
 
 
+_ATTRIBUTE_WORDS = sorted(w for w, (kind, _) in _LOOKUP.items() if kind not in ("filler", "joiner"))
+
+
 def _suggest(word: str) -> str:
-    close = difflib.get_close_matches(word, sorted(VOCABULARY), n=3, cutoff=0.6)
+    # Attribute words first: "sqare" should suggest "square", not the filler "are".
+    close = (difflib.get_close_matches(word, _ATTRIBUTE_WORDS, n=3, cutoff=0.6)
+             or difflib.get_close_matches(word, sorted(VOCABULARY), n=3, cutoff=0.6))
     return f"'{word}' (did you mean {' / '.join(close)}?)" if close else f"'{word}'"
 
 

@@ -5,11 +5,13 @@ It resamples to a target fps by timestamp, takes ``1 + 4k`` frames, resizes the 
 centre-crops, decoding only as far as it needs. Writing makes H.264 mp4 (PyAV), gif or webm, and
 a contact sheet PNG for a quick look. Writes are atomic: a failed write never clobbers a file.
 
+>>> import os, tempfile
 >>> from reelkit.data.video_io import read_video, write_video
->>> video = read_video("clip.mp4", num_frames=17, fps=8, size=128)  # doctest: +SKIP
->>> video.shape  # doctest: +SKIP
-torch.Size([3, 17, 128, 128])
->>> write_video(video, "out.mp4", fps=8)  # doctest: +SKIP
+>>> from reelkit.data.world import render_clip
+>>> path = os.path.join(tempfile.mkdtemp(), "clip.mp4")
+>>> _ = write_video(render_clip(seed=0, num_frames=17, size=64).video, path, fps=8)
+>>> read_video(path, num_frames=9, fps=4, size=32).shape  # (C, T, H, W)
+torch.Size([3, 9, 32, 32])
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -183,7 +185,8 @@ def _to_rgb(handle: object, resized_h: int, resized_w: int) -> np.ndarray:
 
 
 def read_video(path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
-               size: int | tuple[int, int] | None = None, start_s: float = 0.0) -> torch.Tensor:
+               size: int | tuple[int, int] | None = None, start_s: float = 0.0,
+               progress: Callable[[], None] | None = None) -> torch.Tensor:
     """Read a clip into a ``(C, T, H, W)`` float tensor in ``[-1, 1]``.
 
     Args:
@@ -194,6 +197,7 @@ def read_video(path: str | os.PathLike, num_frames: int | None = None, fps: floa
         size: ``S`` for an ``S x S`` centre crop of the frame resized to cover it, ``(H, W)`` for a
             rectangle; ``None`` keeps the source size.
         start_s: skip to this time (seconds) first.
+        progress: called after each frame is taken (for progress bars).
 
     Raises :class:`~reelkit.errors.VideoReadError` for missing, empty, corrupt or too-short input.
     """
@@ -213,6 +217,8 @@ def read_video(path: str | os.PathLike, num_frames: int | None = None, fps: floa
             if plan is None:
                 plan = _resize_plan(*_native_size(handle), size)
             frames.append(_centre_crop(_to_rgb(handle, plan[0], plan[1]), plan[2], plan[3]))
+            if progress is not None:
+                progress()
 
     if not frames:
         raise VideoReadError(f"{path}: no frames at or after {start_s:g} s")

@@ -288,12 +288,17 @@ def _polygon_sdf(px: torch.Tensor, py: torch.Tensor, vertices: Sequence[tuple[fl
     return torch.where(inside, -1.0, 1.0) * dist2.sqrt()
 
 
-def _coverage(obj: WorldObject, tau: float, xs: torch.Tensor, ys: torch.Tensor, height: int,
-              width: int) -> torch.Tensor:
-    """Anti-aliased coverage in [0, 1] of one object at time ``tau``: a 1-pixel ramp across the edge."""
+def _coverage(obj: WorldObject, tau: float, height: int, width: int) -> tuple[torch.Tensor, slice, slice]:
+    """Anti-aliased coverage in [0, 1] of one object at time ``tau`` (a 1-pixel ramp across the edge),
+    over the object's bounding box only: returns (coverage (h, w), rows, columns) of that box."""
     x, y, radius, angle = obj.at(tau)
     radius_px = radius * min(height, width)
-    dx, dy = xs - x * width, ys - y * height  # (1, W), (H, 1) in pixels
+    cx, cy = x * width, y * height
+    reach = 1.2 * radius_px + 1  # every outline fits in 1.2 radii; +1 for the anti-aliasing ramp
+    rows = slice(max(0, math.floor(cy - reach)), min(height, math.ceil(cy + reach)))
+    cols = slice(max(0, math.floor(cx - reach)), min(width, math.ceil(cx + reach)))
+    dx = (torch.arange(cols.start, cols.stop, dtype=torch.float32) + 0.5).view(1, -1) - cx  # (1, w) pixels
+    dy = (torch.arange(rows.start, rows.stop, dtype=torch.float32) + 0.5).view(-1, 1) - cy  # (h, 1)
     cos, sin = math.cos(angle), math.sin(angle)
     u = (cos * dx + sin * dy) / radius_px  # rotate the grid by -angle into the shape's frame
     v = (-sin * dx + cos * dy) / radius_px
@@ -301,7 +306,7 @@ def _coverage(obj: WorldObject, tau: float, xs: torch.Tensor, ys: torch.Tensor, 
         sdf = (u * u + v * v).sqrt() - 1.0
     else:
         sdf = _polygon_sdf(u, v, POLYGONS[obj.shape])
-    return (0.5 - sdf * radius_px).clamp(0.0, 1.0)
+    return (0.5 - sdf * radius_px).clamp(0.0, 1.0), rows, cols
 
 
 def _render_background(bg: Background, height: int, width: int) -> torch.Tensor:
@@ -343,16 +348,15 @@ def render_scene(scene: Scene, num_frames: int = 17, size: int | tuple[int, int]
     if not is_valid_frame_count(num_frames):
         raise ShapeError(f"{num_frames} frames is not 1+4k (1, 5, 9, 13, 17, ...)")
     background = _render_background(scene.background, height, width)
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5).view(1, -1)
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5).view(-1, 1)
+    colors = [torch.tensor(obj.rgb).view(3, 1, 1) for obj in scene.objects]
     video = torch.empty(3, num_frames, height, width)
     for t in range(num_frames):
         tau = t / (num_frames - 1) if num_frames > 1 else 0.0
-        frame = background.clone()
-        for obj in scene.objects:
-            alpha = _coverage(obj, tau, xs, ys, height, width)  # (H, W)
-            frame = torch.lerp(frame, torch.tensor(obj.rgb).view(3, 1, 1), alpha)
-        video[:, t] = frame
+        frame = video[:, t]
+        frame.copy_(background)
+        for obj, color in zip(scene.objects, colors, strict=True):
+            alpha, rows, cols = _coverage(obj, tau, height, width)  # (h, w) over the object's box
+            frame[:, rows, cols] = torch.lerp(frame[:, rows, cols], color, alpha)
         if progress is not None:
             progress(1)
     return video.mul_(2).sub_(1)

@@ -1,0 +1,128 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from reelkit.data.video_io import probe_video, read_video
+
+
+def one_line_error(code, err):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_world_render_writes_an_mp4_with_the_requested_shape(cli, tmp_path):
+    out = tmp_path / "clip.mp4"
+    code, stdout, _ = cli("world", "render", "a red circle moving right", "--seed", "0", "--frames", "17",
+                          "--size", "64", "-o", out)
+    assert code == 0
+    assert "labels:" in stdout and '"motion": "right"' in stdout
+    video = read_video(out)
+    assert video.shape == (3, 17, 64, 64)
+    assert probe_video(out).codec == "h264"
+
+
+def test_world_render_random_gif_sheet_and_rectangle(cli, tmp_path):
+    code, stdout, _ = cli("world", "render", "--random", "--seed", "4", "--frames", "9", "--size", "32",
+                          "--width", "48", "-o", tmp_path / "c.gif", "--sheet", tmp_path / "s.png")
+    assert code == 0 and "caption:" in stdout
+    assert read_video(tmp_path / "c.gif").shape == (3, 9, 32, 48)
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_frame_counts_round_down_with_a_notice(cli, tmp_path):
+    code, _, err = cli("world", "render", "--random", "--frames", "19", "--size", "16", "-o", tmp_path / "c.mp4")
+    assert code == 0
+    assert "notice: 19 frames is not 1+4k; using 17" in err
+    assert read_video(tmp_path / "c.mp4").shape[1] == 17
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["world", "render", "--random", "--bogus"], "No such option: --bogus"),
+    (["world", "render", "--random", "--size", "60"], "60 is not a positive multiple of 8 (try 56 or 64)"),
+    (["world", "render", "--random", "--frames", "0"], "at least 1 frame"),
+    (["world", "render", "--random", "--frames", "many"], "'--frames'"),
+    (["world", "render", "a red circel movng left"], "'circel' (did you mean circle?)"),
+    (["world", "render", "a red circle", "--random"], "PROMPT or --random"),
+    (["world", "render"], "PROMPT or --random"),
+    (["world", "render", "--random", "-o", "clip.avi"], "must end in .mp4 or .gif or .webm"),
+    (["world", "explode"], "No such command 'explode'"),
+    (["video", "info", "missing.mp4"], "missing.mp4: no such file"),
+    (["video", "convert", "missing.mp4", "-o", "x.mp4"], "no such file"),
+    (["bench", "nosuite"], "unknown bench suite 'nosuite'; known suites: world"),
+    (["bench", "world", "--json", "out.txt"], "must end in .json"),
+])
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(*cli(*args)[::2])
+    assert needle in line
+    assert not (tmp_path / "clip.avi").exists()
+
+
+def test_empty_and_corrupt_files(cli, tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "junk.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(500))
+    assert "empty" in one_line_error(*cli("video", "info", tmp_path / "empty.mp4")[::2])
+    assert "junk.webm" in one_line_error(*cli("video", "convert", tmp_path / "junk.webm", "-o",
+                                              tmp_path / "x.mp4")[::2])
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_failed_render_keeps_the_existing_output(cli, tmp_path):
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"precious")
+    cli("world", "render", "a red blob", "-o", out)
+    assert out.read_bytes() == b"precious"
+
+
+def test_video_convert_and_info(cli, tmp_path):
+    cli("world", "render", "--random", "--frames", "17", "--size", "64", "-o", tmp_path / "c.mp4", "--fps", "16")
+    code, stdout, _ = cli("video", "convert", tmp_path / "c.mp4", "-o", tmp_path / "d.mp4", "--fps", "8",
+                          "--size", "32")
+    assert code == 0 and "9 frames, 32x32" in stdout
+    code, stdout, _ = cli("video", "info", tmp_path / "d.mp4")
+    assert code == 0 and "32x32, 8 fps, 9 frames" in stdout
+    code, _, _ = cli("video", "convert", tmp_path / "c.mp4", "-o", tmp_path / "sheet.png")
+    assert code == 0 and (tmp_path / "sheet.png").exists()
+
+
+def test_info_and_vocab_and_help(cli):
+    code, stdout, _ = cli("info")
+    assert code == 0 and "diffusers" in stdout and "bundled models" in stdout
+    code, stdout, _ = cli("world", "vocab")
+    assert code == 0 and "crimson" in stdout
+    code, stdout, _ = cli("world", "sample", "--count", "3")
+    assert code == 0 and len(stdout.strip().splitlines()) == 3
+    for sub in ([], ["world"], ["world", "render"], ["video"], ["bench"]):
+        code, stdout, _ = cli(*sub, "--help")
+        assert code == 0 and "Usage" in stdout
+
+
+def test_installed_entry_point_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "reelkit", "world", "render", "a red sqare"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: unknown word in prompt: 'sqare' (did you mean square")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_bench_world_quick_writes_the_report(cli, tmp_path):
+    path = tmp_path / "world.json"
+    code, stdout, _ = cli("bench", "world", "--quick", "--repeats", "1", "--json", path)
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert report["suite"] == "world"
+    assert {"cpu", "cores", "gpu", "torch", "diffusers"} <= set(report["machine"])
+    assert report["settings"]["quick"] is True
+    methods = [row["method"] for row in report["rows"]]
+    assert methods.count("render") == 2 and "read_mp4" in methods
+    for row in report["rows"]:
+        assert row["latency_s"] > 0 and row["frames_per_s"] > 0
+    render = next(row for row in report["rows"] if row["method"] == "render")
+    assert render["peak_mem_bytes"] > 3 * 17 * 64 * 64 * 4  # at least the output video
+    assert next(row for row in report["rows"] if row["method"] == "read_mp4")["psnr_db"] > 30
