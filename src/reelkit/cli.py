@@ -173,7 +173,7 @@ def video_convert(
     start: Annotated[float, typer.Option(help="Start time in seconds.")] = 0.0,
 ) -> None:
     """Resample, trim and centre-crop a clip the way reelkit models read it; write a video or a contact sheet."""
-    from reelkit.data.video_io import WRITERS, contact_sheet, read_video, write_video
+    from reelkit.data.video_io import WRITERS, contact_sheet, probe_video, read_video, write_video
 
     _check_output(output, (*WRITERS, ".png"))
     with progress_bars() as task:
@@ -182,15 +182,9 @@ def video_convert(
     if output.suffix.lower() == ".png":
         contact_sheet(video, output)
     else:
-        write_video(video, output, fps=fps or _source_fps(path))
+        write_video(video, output, fps=fps or probe_video(path).fps)
     _, t, h, w = video.shape
     console.print(f"wrote {output} ({t} frames, {h}x{w})")
-
-
-def _source_fps(path: Path) -> float:
-    from reelkit.data.video_io import probe_video
-
-    return probe_video(path).fps
 
 
 # -------------------------------------------------------------------------------------------- bench

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from reelkit.errors import ShapeError
 
@@ -51,3 +52,15 @@ def as_height_width(size: int | tuple[int, int]) -> tuple[int, int]:
     """``64`` -> ``(64, 64)``; ``(48, 80)`` stays; both checked to be multiples of 8."""
     height, width = (size, size) if isinstance(size, int) else size
     return check_size(height, "height"), check_size(width, "width")
+
+
+def check_video_fits(num_frames: int, height: int, width: int, channels: int = 3) -> None:
+    """Refuse a float32 video larger than the memory this machine has free, before allocating it."""
+    needed = 4 * channels * num_frames * height * width
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on Linux: let the allocator decide
+        return
+    if needed > available:
+        raise ShapeError(f"a {channels}x{num_frames}x{height}x{width} float video needs {needed / 2**30:.1f} GiB; "
+                         f"{available / 2**30:.1f} GiB of memory is free")

@@ -54,10 +54,11 @@ def test_backgrounds_parse():
 
 def test_unknown_words_are_named_with_suggestions():
     with pytest.raises(PromptError) as error:
-        parse_prompt("a red circel zooming rigth")
+        parse_prompt("a red circel zooming rigth movng")
     message = str(error.value)
-    assert "'circel' (did you mean circle" in message and "'rigth' (did you mean right" in message
-    assert "zooming" in message and "\n" not in message
+    assert "'circel' (did you mean circle?)" in message and "'rigth' (did you mean right?)" in message
+    assert "'movng' (did you mean moving?)" in message
+    assert "'zooming'" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("prompt, match", [

@@ -162,13 +162,12 @@ def unknown_words(prompt: str) -> list[str]:
     return [t for t in dict.fromkeys(tokenize(prompt)) if t not in VOCABULARY]
 
 
-_ATTRIBUTE_WORDS = sorted(w for w, (kind, _) in _LOOKUP.items() if kind not in ("filler", "joiner"))
-
-
 def _suggest(word: str) -> str:
-    # Attribute words first: "sqare" should suggest "square", not the filler "are".
-    close = (difflib.get_close_matches(word, _ATTRIBUTE_WORDS, n=3, cutoff=0.6)
-             or difflib.get_close_matches(word, sorted(VOCABULARY), n=3, cutoff=0.6))
+    """``'circel' (did you mean circle?)``: the closest known words, those within 0.1 of the best."""
+    scored = sorted(((difflib.SequenceMatcher(None, word, known).ratio(), known) for known in VOCABULARY),
+                    key=lambda pair: (-pair[0], pair[1]))
+    best = scored[0][0]
+    close = [known for ratio, known in scored[:3] if ratio >= max(0.6, best - 0.1)]
     return f"'{word}' (did you mean {' / '.join(close)}?)" if close else f"'{word}'"
 
 

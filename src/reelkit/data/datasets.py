@@ -40,8 +40,9 @@ def clip_to_example(clip: WorldClip) -> dict:
 class WorldDataset(Dataset):
     """Map-style dataset of demo-world clips: item ``i`` is the clip of seed ``first_seed + i``.
 
-    ``split="train"`` starts at seed 0 (and must stay below the held-out range); ``"heldout"`` is the
-    fixed evaluation split.
+    ``split="train"`` covers seeds ``[first_seed, first_seed + length)`` (``length`` defaults to 10,000
+    and the range must stay below the held-out seeds); ``"heldout"`` is the fixed evaluation split
+    (all 512 clips, or the first ``length``).
     """
 
     def __init__(self, split: str = "train", num_frames: int = 17, size: int | tuple[int, int] = 64,

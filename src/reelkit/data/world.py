@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reelkit.conventions import as_height_width, is_valid_frame_count
-from reelkit.data import captions
+from reelkit.conventions import as_height_width, check_video_fits, is_valid_frame_count
 from reelkit.data.captions import (
     BACKGROUND_COLORS,
     BACKGROUND_KINDS,
@@ -152,9 +151,6 @@ class Scene:
                 [BACKGROUND_COLORS.index(c) for c in bg.colors] + [-1] * (2 - len(bg.colors))),
         }
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class WorldClip:
@@ -168,10 +164,6 @@ class WorldClip:
     @property
     def labels(self) -> dict:
         return self.scene.labels()
-
-
-def _contrast(a: Sequence[float], b: Sequence[float]) -> float:
-    return math.dist(a, b)
 
 
 def _sample_object(rng: np.random.Generator, want: PartialObject, band: tuple[float, float],
@@ -243,7 +235,7 @@ def _sample_background(rng: np.random.Generator, want: PartialBackground,
         return Background("texture", (), texture, 0.0, crop)
 
     def visible(name: str) -> bool:
-        return all(_contrast(BACKGROUND_RGB[name], o.rgb) >= MIN_CONTRAST for o in objects)
+        return all(math.dist(BACKGROUND_RGB[name], o.rgb) >= MIN_CONTRAST for o in objects)
 
     need = 1 if kind == "solid" else 2
     chosen = list(want.colors)
@@ -347,6 +339,7 @@ def render_scene(scene: Scene, num_frames: int = 17, size: int | tuple[int, int]
     height, width = as_height_width(size)
     if not is_valid_frame_count(num_frames):
         raise ShapeError(f"{num_frames} frames is not 1+4k (1, 5, 9, 13, 17, ...)")
+    check_video_fits(num_frames, height, width)
     background = _render_background(scene.background, height, width)
     colors = [torch.tensor(obj.rgb).view(3, 1, 1) for obj in scene.objects]
     video = torch.empty(3, num_frames, height, width)
@@ -378,5 +371,4 @@ def render_clip(seed: int, num_frames: int = 17, size: int | tuple[int, int] = 6
     return WorldClip(render_scene(scene, num_frames, size, progress), caption, scene, seed)
 
 
-__all__ = ["Background", "Scene", "WorldClip", "WorldObject", "captions", "render_clip", "render_scene",
-           "sample_scene"]
+__all__ = ["Background", "Scene", "WorldClip", "WorldObject", "render_clip", "render_scene", "sample_scene"]
