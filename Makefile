@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/reelkit bench world --json outputs/bench/world.json
+	$(BIN)/reelkit bench world --json docs/bench/world.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
