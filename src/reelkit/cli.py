@@ -113,7 +113,7 @@ def world_render(
         parse_prompt(prompt)  # fail on unknown words before any work
     with progress_bars() as task:
         advance = task("rendering", frames)
-        clip = render_clip(seed, frames, height_width, prompt=None if random else prompt, progress=lambda _: advance())
+        clip = render_clip(seed, frames, height_width, prompt=None if random else prompt, progress=advance)
     write_video(clip.video, output, fps=fps)
     if sheet is not None:
         contact_sheet(clip.video, sheet)
@@ -140,15 +140,10 @@ def world_sample(
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,
 ) -> None:
     """Print random captions with their labels (no rendering)."""
-    import numpy as np
-
-    from reelkit.data.captions import write_caption
-    from reelkit.data.world import sample_scene
+    from reelkit.data.world import random_scene
 
     for s in range(seed, seed + count):
-        scene = sample_scene(s)
-        caption = write_caption(scene.objects, scene.background, np.random.default_rng([s, 1]))
-        console.print(f"{s}: {caption}", highlight=False)
+        console.print(f"{s}: {random_scene(s)[1]}", highlight=False)
 
 
 # -------------------------------------------------------------------------------------------- video

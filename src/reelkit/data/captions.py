@@ -159,6 +159,7 @@ def tokenize(prompt: str) -> list[str]:
 
 
 def unknown_words(prompt: str) -> list[str]:
+    """Words of ``prompt`` outside :data:`VOCABULARY`, each once, in order of appearance."""
     return [t for t in dict.fromkeys(tokenize(prompt)) if t not in VOCABULARY]
 
 
@@ -179,7 +180,7 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     Raises :class:`PromptError` naming unknown words and the closest known ones.
     """
     tokens = tokenize(prompt)
-    unknown = [t for t in dict.fromkeys(tokens) if t not in VOCABULARY]
+    unknown = unknown_words(prompt)
     if unknown:
         names = ", ".join(_suggest(w) for w in unknown)
         raise PromptError(f"unknown word{'s' if len(unknown) > 1 else ''} in prompt: {names}")

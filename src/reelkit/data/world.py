@@ -330,11 +330,11 @@ def _render_background(bg: Background, height: int, width: int) -> torch.Tensor:
 
 
 def render_scene(scene: Scene, num_frames: int = 17, size: int | tuple[int, int] = 64,
-                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                 progress: Callable[[], None] | None = None) -> torch.Tensor:
     """Render ``scene`` to a ``(3, T, H, W)`` float video in ``[-1, 1]``.
 
     ``size`` is an int (square) or ``(height, width)``, multiples of 8; ``num_frames`` is ``1 + 4k``.
-    ``progress`` is called with 1 after each frame.
+    ``progress`` is called after each frame.
     """
     height, width = as_height_width(size)
     if not is_valid_frame_count(num_frames):
@@ -351,19 +351,24 @@ def render_scene(scene: Scene, num_frames: int = 17, size: int | tuple[int, int]
             alpha, rows, cols = _coverage(obj, tau, height, width)  # (h, w) over the object's box
             frame[:, rows, cols] = torch.lerp(frame[:, rows, cols], color, alpha)
         if progress is not None:
-            progress(1)
+            progress()
     return video.mul_(2).sub_(1)
 
 
+def random_scene(seed: int) -> tuple[Scene, str]:
+    """The scene of ``seed`` and its caption (drawn from a stream of its own, so scenes don't shift)."""
+    scene = sample_scene(seed)
+    return scene, write_caption(scene.objects, scene.background, np.random.default_rng([seed, 1]))
+
+
 def render_clip(seed: int, num_frames: int = 17, size: int | tuple[int, int] = 64, prompt: str | None = None,
-                progress: Callable[[int], None] | None = None) -> WorldClip:
+                progress: Callable[[], None] | None = None) -> WorldClip:
     """Render the clip of ``seed``: a random scene with its caption, or the scene ``prompt`` describes.
 
     Attributes the prompt leaves open (a colour, a motion, the background) are drawn from ``seed``.
     """
     if prompt is None:
-        scene = sample_scene(seed)
-        caption = write_caption(scene.objects, scene.background, np.random.default_rng([seed, 1]))
+        scene, caption = random_scene(seed)
     else:
         parsed = parse_prompt(prompt)
         scene = sample_scene(seed, parsed.objects, parsed.background)
@@ -371,4 +376,5 @@ def render_clip(seed: int, num_frames: int = 17, size: int | tuple[int, int] = 6
     return WorldClip(render_scene(scene, num_frames, size, progress), caption, scene, seed)
 
 
-__all__ = ["Background", "Scene", "WorldClip", "WorldObject", "render_clip", "render_scene", "sample_scene"]
+__all__ = ["Background", "Scene", "WorldClip", "WorldObject", "random_scene", "render_clip", "render_scene",
+           "sample_scene"]
