@@ -33,8 +33,13 @@ app = typer.Typer(help="reelkit: fast, memory-efficient video diffusion.", no_ar
                   pretty_exceptions_enable=False, add_completion=False)
 world_app = typer.Typer(help="The demo world: procedural captioned clips.", no_args_is_help=True)
 video_app = typer.Typer(help="Video files: inspect, resample, crop, contact sheets.", no_args_is_help=True)
+train_app = typer.Typer(help="Training recipes (YAML configs; accelerate for several processes).",
+                        no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(video_app, name="video")
+vae_app = typer.Typer(help="CV-VAE: reconstruct clips, encode to and decode from latents.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(vae_app, name="vae")
 
 
 @contextmanager
@@ -180,6 +185,128 @@ def video_convert(
         write_video(video, output, fps=fps or probe_video(path).fps)
     _, t, h, w = video.shape
     console.print(f"wrote {output} ({t} frames, {h}x{w})")
+
+
+# -------------------------------------------------------------------------------------------- train
+
+@train_app.command("vae")
+def train_vae(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/cvvae.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
+) -> None:
+    """Train the image VAE or the CV-VAE (stage set in the config); resumes from OUTPUT_DIR/checkpoint."""
+    from reelkit.train.vae import run
+
+    model_dir = run(config, output_dir=output_dir, max_steps=max_steps)
+    console.print(f"trained model: {model_dir}")
+
+
+# ---------------------------------------------------------------------------------------------- vae
+
+ModelOption = Annotated[Path | None, typer.Option("--model", help="CVVAE folder (default: the bundled one).")]
+FramesOption = Annotated[int, typer.Option(help="Frames to read, 1+4k (others round down).")]
+SizeOption = Annotated[int, typer.Option(help="Resize and centre-crop to SIZE x SIZE (multiple of 8).")]
+FpsOption = Annotated[float | None, typer.Option(help="Resample to this frame rate (default: the file's).")]
+ChunkOption = Annotated[int | None, typer.Option(
+    "--chunk-frames", help="Bound memory: encode/decode 1+N frames at a time (N a multiple of 4).")]
+TileOption = Annotated[int | None, typer.Option("--tile", help="Bound memory: spatial tiles of this many pixels.")]
+
+
+def _load_vae(model: Path | None, chunk_frames: int | None, tile: int | None):
+    from reelkit.vae import load_cvvae
+
+    vae = load_cvvae(model)
+    if chunk_frames is not None or tile is not None:
+        vae.enable_chunking(frames_per_chunk=chunk_frames or 16, tile_size=tile)
+    return vae
+
+
+@vae_app.command("reconstruct")
+def vae_reconstruct(
+    path: Annotated[Path, typer.Argument(help="Video file, image or folder of PNG frames.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Side-by-side .mp4/.gif/.webm (input | output).")],
+    size: SizeOption = 128,
+    frames: FramesOption = 33,
+    fps: FpsOption = None,
+    start: Annotated[float, typer.Option(help="Start time in seconds.")] = 0.0,
+    model: ModelOption = None,
+    chunk_frames: ChunkOption = None,
+    tile: TileOption = None,
+) -> None:
+    """Encode and decode a clip with the CV-VAE; print PSNR/SSIM and write input and output side by side."""
+    import torch
+
+    from reelkit.conventions import check_size, round_down_frames
+    from reelkit.data.video_io import WRITERS, probe_video, read_video, write_video
+    from reelkit.eval.metrics import video_psnr, video_ssim
+    from reelkit.vae import reconstruct
+
+    _check_output(output, WRITERS)
+    check_size(size)
+    frames = round_down_frames(frames)
+    vae = _load_vae(model, chunk_frames, tile)
+    with progress_bars() as task:
+        video = read_video(path, num_frames=frames, fps=fps, size=size, start_s=start, progress=task("reading", frames))
+    if video.shape[1] != frames:  # a shorter file, or an image: read_video already rounded to 1+4k
+        console.print(f"using {video.shape[1]} frames")
+    with console.status("reconstructing"):
+        output_video = reconstruct(vae, video)
+    write_video(torch.cat([video, output_video], dim=-1), output, fps=fps or probe_video(path).fps)
+    console.print(f"PSNR {video_psnr(output_video, video):.2f} dB  SSIM {video_ssim(output_video, video):.4f}  "
+                  f"({video.shape[1]} frames -> {1 + (video.shape[1] - 1) // 4} latent frames)", highlight=False)
+    console.print(f"wrote {output} (input | reconstruction)")
+
+
+@vae_app.command("encode")
+def vae_encode(
+    path: Annotated[Path, typer.Argument(help="Video file, image or folder of PNG frames.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Latents .safetensors.")],
+    size: SizeOption = 128,
+    frames: FramesOption = 33,
+    fps: FpsOption = None,
+    model: ModelOption = None,
+    chunk_frames: ChunkOption = None,
+    tile: TileOption = None,
+) -> None:
+    """Encode a clip to CV-VAE latents (posterior mean, unscaled) saved as safetensors."""
+    from reelkit.conventions import check_size, round_down_frames
+    from reelkit.data.video_io import probe_video, read_video
+    from reelkit.vae.latents import save_latents
+
+    _check_output(output, (".safetensors",))
+    check_size(size)
+    frames = round_down_frames(frames)
+    vae = _load_vae(model, chunk_frames, tile)
+    video = read_video(path, num_frames=frames, fps=fps, size=size)
+    with console.status("encoding"):
+        z = vae.encode(video[None]).latent_dist.mode()[0]
+    save_latents(z, output, vae, fps=fps or probe_video(path).fps)
+    console.print(f"wrote {output} (latents {tuple(z.shape)} from {video.shape[1]} frames)")
+
+
+@vae_app.command("decode")
+def vae_decode(
+    path: Annotated[Path, typer.Argument(help="Latents .safetensors written by 'reelkit vae encode'.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or .webm.")],
+    model: ModelOption = None,
+    image_mode: Annotated[bool, typer.Option("--image-mode", help="Decode each latent as one image.")] = False,
+    chunk_frames: ChunkOption = None,
+    tile: TileOption = None,
+) -> None:
+    """Decode CV-VAE latents to a video (1+4(n-1) frames, or n with --image-mode)."""
+    import torch
+
+    from reelkit.data.video_io import WRITERS, write_video
+    from reelkit.vae.latents import load_latents
+
+    _check_output(output, WRITERS)
+    vae = _load_vae(model, chunk_frames, tile)
+    z, fps = load_latents(path, vae)
+    with console.status("decoding"), torch.no_grad():
+        video = vae.decode(z[None], image_mode=image_mode).sample[0].clamp(-1, 1)
+    write_video(video, output, fps=fps if not image_mode else fps / 4)
+    console.print(f"wrote {output} ({video.shape[1]} frames, {video.shape[2]}x{video.shape[3]})")
 
 
 # -------------------------------------------------------------------------------------------- bench

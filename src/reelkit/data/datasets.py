@@ -88,3 +88,35 @@ class WorldStream(IterableDataset):
             seed = int(rng.integers(0, HELDOUT_SEED_BASE))
             yield clip_to_example(render_clip(seed, self.num_frames, self.size))
 
+
+
+class VaeTrainStream(IterableDataset):
+    """VAE training clips: demo-world clips, mixed with camera-motion clips over natural photos.
+
+    A fraction ``photo_fraction`` of the clips come from :func:`reelkit.data.camera.camera_clip`
+    (with ``num_frames=1``: random photo crops); the rest are demo-world clips of training seeds.
+    Streams differ per ``(seed, rank, worker)`` like :class:`WorldStream`. Items are ``(C, T, H, W)``.
+    """
+
+    def __init__(self, num_frames: int = 17, size: int | tuple[int, int] = 64, photo_fraction: float = 0.5,
+                 seed: int = 0, rank: int = 0):
+        if not 0.0 <= photo_fraction <= 1.0:
+            raise ValueError(f"photo_fraction must lie in [0, 1], got {photo_fraction}")
+        self.num_frames = round_down_frames(num_frames)
+        self.size = as_height_width(size)
+        self.photo_fraction = photo_fraction
+        self.seed = seed
+        self.rank = rank
+
+    def __iter__(self):
+        from reelkit.data.camera import camera_clip
+
+        worker = get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        rng = np.random.default_rng([self.seed, self.rank, worker_id, 0x7AE])
+        while True:
+            seed = int(rng.integers(0, HELDOUT_SEED_BASE))
+            if rng.random() < self.photo_fraction:
+                yield camera_clip(seed, self.num_frames, self.size)
+            else:
+                yield render_clip(seed, self.num_frames, self.size).video

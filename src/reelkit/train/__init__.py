@@ -1,0 +1,1 @@
+"""Training recipes: thin scripts over the library, one per model, configured by YAML (``configs/``)."""

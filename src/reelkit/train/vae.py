@@ -1,0 +1,226 @@
+"""Recipe: train the image VAE from scratch, then the CV-VAE inflated from it (CV-VAE paper, section 3).
+
+Stage ``image_vae``: an ``AutoencoderKL`` on single frames, L1 + KL. Stage ``cvvae``: the image VAE
+inflated to a :class:`~reelkit.vae.cvvae.CVVAE`, trained on clips with L1 + KL + the decoder
+regularisation ``|psi(X) - D_i(E_v(X))|`` through the frozen image decoder (+ an optional 3D PatchGAN
+with the adaptive weight). Data: demo-world clips and camera-motion clips over natural photos.
+
+Launch (configs carry the command in their header)::
+
+    reelkit train vae --config configs/cvvae.yaml
+    accelerate launch --cpu --num_processes 2 -m reelkit train vae --config configs/cvvae.yaml
+
+The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it; at the end it writes
+``output_dir/model`` (diffusers layout, fp32).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from reelkit.errors import ReelkitError
+from reelkit.train.common import load_checkpoint, load_config, save_checkpoint
+
+STAGES = ("image_vae", "cvvae")
+
+
+@dataclass
+class VaeTrainConfig:
+    """One VAE training run. ``model`` overrides the architecture (image VAE stage) or the CVVAE options."""
+
+    stage: str = "image_vae"
+    output_dir: str = "runs/image_vae"
+    image_vae: str | None = None  # cvvae stage: the image VAE to inflate and regularise against (None: bundled)
+    model: dict = field(default_factory=dict)
+    num_frames: int = 1
+    size: int = 64
+    batch_size: int = 8
+    photo_fraction: float = 0.5
+    learning_rate: float = 2e-4
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    time_limit_minutes: float | None = None  # stop (and export) early when the wall clock runs out
+    kl_weight: float = 1e-6
+    mse_weight: float = 1.0
+    reg_weight: float = 1.0  # decoder regularisation (cvvae stage)
+    mapping: str = "random"
+    disc_weight: float = 0.0  # 0 disables the 3D PatchGAN
+    disc_start: int = 0
+    grad_clip: float = 1.0
+    save_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ReelkitError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        from reelkit.vae.losses import MAPPINGS
+
+        if self.mapping not in MAPPINGS:
+            raise ReelkitError(f"mapping must be one of {', '.join(MAPPINGS)}, got {self.mapping!r}")
+
+
+class Autoencode(torch.nn.Module):
+    """x -> (reconstruction, sampled z, posterior mean, posterior logvar): one forward for DDP to wrap."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor):
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample()
+        return self.vae.decode(z).sample, z, posterior.mean, posterior.logvar
+
+
+def build_models(config: VaeTrainConfig):
+    """(trainable VAE, frozen image VAE or None) for the config's stage."""
+    from reelkit.vae.image_vae import build_image_vae, load_image_vae
+
+    if config.stage == "image_vae":
+        return build_image_vae(**config.model), None
+    from reelkit.vae.cvvae import CVVAE
+
+    image_vae = load_image_vae(config.image_vae).requires_grad_(False)
+    return CVVAE.from_image_vae(image_vae, **config.model), image_vae
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, batch: torch.Tensor) -> float:
+    """1 / std of the latents of ``batch``: the factor that gives diffusion models unit-variance inputs."""
+    if batch.ndim == 5:  # (B, C, 1, H, W) clips of one frame -> images
+        batch = batch.transpose(1, 2).flatten(0, 1)
+    return float(1.0 / vae.encode(batch).latent_dist.sample().std())
+
+
+def train(config: VaeTrainConfig) -> Path:
+    """Run the recipe; return the folder of the trained model (``output_dir/model``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from torch.utils.data import DataLoader
+
+    from reelkit.data.datasets import VaeTrainStream
+    from reelkit.vae.losses import (
+        PatchDiscriminator3D,
+        adaptive_gan_weight,
+        batch_to_frames,
+        decoder_regularisation,
+        frames_to_batch,
+        hinge_discriminator_loss,
+        kl_loss,
+        psi,
+    )
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    accelerator = Accelerator()
+    set_seed(config.seed, device_specific=True)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(__import__("yaml").safe_dump(asdict(config), sort_keys=False))
+
+    vae, image_vae = build_models(config)
+    autoencoder = Autoencode(vae)
+    is_video = config.stage == "cvvae"
+    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=config.learning_rate, betas=(0.9, 0.98),
+                                  weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    use_gan = config.disc_weight > 0
+    discriminator = PatchDiscriminator3D() if use_gan else None
+    stream = VaeTrainStream(config.num_frames, config.size, config.photo_fraction, config.seed,
+                            accelerator.process_index)
+    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=0)
+    if use_gan:
+        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
+        autoencoder, discriminator, optimizer, disc_optimizer, scheduler = accelerator.prepare(
+            autoencoder, discriminator, optimizer, disc_optimizer, scheduler)
+    else:
+        autoencoder, optimizer, scheduler = accelerator.prepare(autoencoder, optimizer, scheduler)
+    if image_vae is not None:
+        image_vae.to(accelerator.device)
+    step = load_checkpoint(accelerator, output_dir)
+    if step:
+        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
+    model = accelerator.unwrap_model(autoencoder).vae
+    last_layer = model.decoder.conv_out.weight
+    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
+
+    started = time.monotonic()
+    tick, window = time.monotonic(), 0
+    batches = iter(loader)
+    while step < config.max_steps:
+        video = next(batches).to(accelerator.device)  # (B, C, T, H, W)
+        x = video if is_video else frames_to_batch(video)
+        reconstruction, z, mean, logvar = autoencoder(x)
+        l1 = F.l1_loss(reconstruction, x)
+        mse = F.mse_loss(reconstruction, x)
+        nll = l1 + config.mse_weight * mse
+        losses = {"l1": l1, "kl": kl_loss(mean, logvar)}
+        loss = nll + config.kl_weight * losses["kl"]
+        if is_video and config.reg_weight > 0:
+            target = psi(video, config.mapping, generator)
+            losses["reg"] = decoder_regularisation(lambda latents: image_vae.decode(latents).sample, z, target)
+            loss = loss + config.reg_weight * losses["reg"]
+        gan_step = use_gan and step >= config.disc_start and step % 2 == 1
+        if use_gan and step >= config.disc_start and not gan_step:
+            fake = reconstruction if is_video else batch_to_frames(reconstruction, video.shape[0])
+            generator_loss = -discriminator(fake).mean()
+            weight = adaptive_gan_weight(nll, generator_loss, last_layer)
+            losses["gan"] = generator_loss
+            loss = loss + config.disc_weight * weight * generator_loss
+        if gan_step:
+            fake = (reconstruction if is_video else batch_to_frames(reconstruction, video.shape[0])).detach()
+            disc_loss = hinge_discriminator_loss(discriminator(video), discriminator(fake))
+            losses["disc"] = disc_loss
+            disc_optimizer.zero_grad()
+            accelerator.backward(disc_loss)
+            accelerator.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
+            disc_optimizer.step()
+        else:
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(autoencoder.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        step += 1
+        window += 1
+        if step % config.log_every == 0 or step == config.max_steps:
+            psnr = -10 * math.log10(max(F.mse_loss(reconstruction.detach(), x).item() / 4, 1e-10))
+            now = time.monotonic()
+            figures = " ".join(f"{k} {v.item():.4f}" for k, v in losses.items())
+            accelerator.print(f"step {step} {figures} psnr {psnr:.2f} lr {scheduler.get_last_lr()[0]:.2e} "
+                              f"{(now - tick) / window:.2f} s/step", flush=True)
+            tick, window = now, 0
+        out_of_time = (config.time_limit_minutes is not None
+                       and time.monotonic() - started > 60 * config.time_limit_minutes)
+        if step % config.save_every == 0 or step == config.max_steps or out_of_time:
+            save_checkpoint(accelerator, output_dir, step)
+        if out_of_time:
+            accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
+            break
+
+    model_dir = output_dir / "model"
+    if accelerator.is_main_process:
+        model.eval()
+        if not is_video:  # the CV-VAE keeps its image VAE's factor: the latent spaces are meant to agree
+            sample = next(iter(DataLoader(VaeTrainStream(config.num_frames, config.size, config.photo_fraction,
+                                                         seed=10_000), batch_size=8)))
+            model.register_to_config(scaling_factor=latent_scaling_factor(model, sample.to(accelerator.device)))
+        model.save_pretrained(model_dir)
+        accelerator.print(f"wrote {model_dir} (scaling_factor {model.config.scaling_factor:.4f})")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return model_dir
+
+
+def run(config_path: str | Path, **overrides) -> Path:
+    return train(load_config(VaeTrainConfig, config_path, **overrides))
