@@ -213,6 +213,29 @@ ChunkOption = Annotated[int | None, typer.Option(
 TileOption = Annotated[int | None, typer.Option("--tile", help="Bound memory: spatial tiles of this many pixels.")]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _read_clip(path: Path, frames: int, fps: float | None, size: int, start: float = 0.0):
+    """Read ``frames`` frames as the VAE sees them; a still image becomes a 1-frame clip (with a notice)."""
+    from reelkit.data.video_io import read_video
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if frames != 1:
+            logging.getLogger("reelkit").warning("%s is an image; treating it as 1 frame", path.name)
+        frames, fps = 1, None
+    with progress_bars() as task:
+        return read_video(path, num_frames=frames, fps=fps, size=size, start_s=start, progress=task("reading", frames))
+
+
+def _clip_fps(path: Path, fps: float | None) -> float:
+    from reelkit.data.video_io import FRAME_FOLDER_FPS, probe_video
+
+    if fps is not None:
+        return fps
+    return FRAME_FOLDER_FPS if path.suffix.lower() in IMAGE_SUFFIXES else probe_video(path).fps
+
+
 def _load_vae(model: Path | None, chunk_frames: int | None, tile: int | None):
     from reelkit.vae import load_cvvae
 
@@ -238,7 +261,7 @@ def vae_reconstruct(
     import torch
 
     from reelkit.conventions import check_size, round_down_frames
-    from reelkit.data.video_io import WRITERS, probe_video, read_video, write_video
+    from reelkit.data.video_io import WRITERS, write_video
     from reelkit.eval.metrics import video_psnr, video_ssim
     from reelkit.vae import reconstruct
 
@@ -246,13 +269,10 @@ def vae_reconstruct(
     check_size(size)
     frames = round_down_frames(frames)
     vae = _load_vae(model, chunk_frames, tile)
-    with progress_bars() as task:
-        video = read_video(path, num_frames=frames, fps=fps, size=size, start_s=start, progress=task("reading", frames))
-    if video.shape[1] != frames:  # a shorter file, or an image: read_video already rounded to 1+4k
-        console.print(f"using {video.shape[1]} frames")
+    video = _read_clip(path, frames, fps, size, start)
     with console.status("reconstructing"):
         output_video = reconstruct(vae, video)
-    write_video(torch.cat([video, output_video], dim=-1), output, fps=fps or probe_video(path).fps)
+    write_video(torch.cat([video, output_video], dim=-1), output, fps=_clip_fps(path, fps))
     console.print(f"PSNR {video_psnr(output_video, video):.2f} dB  SSIM {video_ssim(output_video, video):.4f}  "
                   f"({video.shape[1]} frames -> {1 + (video.shape[1] - 1) // 4} latent frames)", highlight=False)
     console.print(f"wrote {output} (input | reconstruction)")
@@ -270,18 +290,19 @@ def vae_encode(
     tile: TileOption = None,
 ) -> None:
     """Encode a clip to CV-VAE latents (posterior mean, unscaled) saved as safetensors."""
+    import torch
+
     from reelkit.conventions import check_size, round_down_frames
-    from reelkit.data.video_io import probe_video, read_video
     from reelkit.vae.latents import save_latents
 
     _check_output(output, (".safetensors",))
     check_size(size)
     frames = round_down_frames(frames)
     vae = _load_vae(model, chunk_frames, tile)
-    video = read_video(path, num_frames=frames, fps=fps, size=size)
-    with console.status("encoding"):
+    video = _read_clip(path, frames, fps, size)
+    with console.status("encoding"), torch.no_grad():
         z = vae.encode(video[None]).latent_dist.mode()[0]
-    save_latents(z, output, vae, fps=fps or probe_video(path).fps)
+    save_latents(z, output, vae, fps=_clip_fps(path, fps))
     console.print(f"wrote {output} (latents {tuple(z.shape)} from {video.shape[1]} frames)")
 
 

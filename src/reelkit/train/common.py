@@ -40,8 +40,9 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None
     """Save the full training state to ``output_dir/checkpoint`` atomically (write aside, then swap)."""
     final = output_dir / CHECKPOINT
     staging = output_dir / f".{CHECKPOINT}-{step}.tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:

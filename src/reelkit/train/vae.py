@@ -8,7 +8,10 @@ with the adaptive weight). Data: demo-world clips and camera-motion clips over n
 Launch (configs carry the command in their header)::
 
     reelkit train vae --config configs/cvvae.yaml
-    accelerate launch --cpu --num_processes 2 -m reelkit train vae --config configs/cvvae.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m reelkit train vae --config configs/cvvae.yaml
+
+(``--multi_gpu`` selects accelerate's torchrun launcher; without CUDA the processes train on CPU over
+gloo. ``torchrun --nproc_per_node 2 -m reelkit train vae ...`` works the same.)
 
 The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it; at the end it writes
 ``output_dir/model`` (diffusers layout, fp32).
@@ -121,7 +124,7 @@ def train(config: VaeTrainConfig) -> Path:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
     set_seed(config.seed, device_specific=True)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
@@ -141,13 +144,17 @@ def train(config: VaeTrainConfig) -> Path:
     loader = DataLoader(stream, batch_size=config.batch_size, num_workers=0)
     if use_gan:
         disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
-        autoencoder, discriminator, optimizer, disc_optimizer, scheduler = accelerator.prepare(
-            autoencoder, discriminator, optimizer, disc_optimizer, scheduler)
+        autoencoder, discriminator, optimizer, disc_optimizer = accelerator.prepare(
+            autoencoder, discriminator, optimizer, disc_optimizer)
     else:
-        autoencoder, optimizer, scheduler = accelerator.prepare(autoencoder, optimizer, scheduler)
+        autoencoder, optimizer = accelerator.prepare(autoencoder, optimizer)
+    # stepped once per optimiser step (a prepared scheduler steps once per process)
+    accelerator.register_for_checkpointing(scheduler)
     if image_vae is not None:
         image_vae.to(accelerator.device)
     step = load_checkpoint(accelerator, output_dir)
+    accelerator.print(f"training {config.stage} on {accelerator.num_processes} process(es), "
+                      f"{accelerator.device}, batch {config.batch_size} per process")
     if step:
         accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
     model = accelerator.unwrap_model(autoencoder).vae
