@@ -202,6 +202,26 @@ def train_vae(
     console.print(f"trained model: {model_dir}")
 
 
+@train_app.command("export")
+def train_export(
+    model_dir: Annotated[Path, typer.Argument(help="A trained model folder, e.g. runs/cvvae/model.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Destination folder (fp16 safetensors).")],
+) -> None:
+    """Re-save a trained VAE as fp16 safetensors, e.g. into src/reelkit/assets/<name> to bundle it."""
+    from diffusers import AutoencoderKL
+
+    from reelkit.train.common import export_fp16
+    from reelkit.vae import CVVAE
+
+    classes = {"AutoencoderKL": AutoencoderKL, "CVVAE": CVVAE}
+    config = model_dir / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    if name not in classes:
+        raise ReelkitError(f"{model_dir}: not a trained VAE folder (expected one of {', '.join(classes)})")
+    export_fp16(classes[name], model_dir, output)
+    console.print(f"wrote {output} ({name}, fp16)")
+
+
 # ---------------------------------------------------------------------------------------------- vae
 
 ModelOption = Annotated[Path | None, typer.Option("--model", help="CVVAE folder (default: the bundled one).")]
@@ -334,7 +354,7 @@ def vae_decode(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="Suite to run: world, ...")],
+    suite: Annotated[str, typer.Argument(help="Suite to run: world, vae.")],
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A smaller run (under 3 minutes on 2 CPU cores).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",

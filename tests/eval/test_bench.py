@@ -41,7 +41,7 @@ def test_machine_record():
 
 
 def test_unknown_suite_and_missing_cuda():
-    with pytest.raises(ReelkitError, match="known suites: world"):
+    with pytest.raises(ReelkitError, match="known suites: vae, world"):
         load_suite("nope")
     if not torch.cuda.is_available():
         with pytest.raises(ReelkitError, match="no CUDA device"):
@@ -65,3 +65,13 @@ def test_report_layout_with_a_stub_suite(tmp_path, monkeypatch):
     assert report["rows"][0]["flops"] == 2 * 4 * 4 * 4
     path = write_report(report, tmp_path / "deep" / "r.json")
     assert json.loads(path.read_text())["suite"] == "fake"
+
+
+def test_peak_memory_allows_a_module_called_repeatedly_at_top_level():
+    layer = torch.nn.Linear(100, 100)
+
+    def loop():
+        for _ in range(3):
+            layer(torch.randn(1000, 100))
+
+    assert peak_memory_bytes(loop) >= 1000 * 100 * 4

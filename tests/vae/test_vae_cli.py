@@ -103,3 +103,21 @@ def test_decode_refuses_latents_that_do_not_fit_the_model(cli, model_dirs, tmp_p
 def test_train_vae_bad_config_exits_2(cli, tmp_path):
     line = one_line_error(*cli("train", "vae", "--config", tmp_path / "absent.yaml")[::2])
     assert "no such config file" in line
+
+
+def test_export_writes_fp16_safetensors_that_load_back(cli, model_dirs, tmp_path):
+    image_dir, cvvae_dir = model_dirs
+    for source, name in ((cvvae_dir, "CVVAE"), (image_dir, "AutoencoderKL")):
+        out = tmp_path / f"bundle_{name}"
+        out.mkdir()
+        (out / "stale.txt").write_text("replaced in place")
+        code, stdout, err = cli("train", "export", source, "-o", out)
+        assert code == 0, err
+        assert f"({name}, fp16)" in stdout and not (out / "stale.txt").exists()
+        weights = load_file(out / "diffusion_pytorch_model.safetensors")
+        assert all(t.dtype == torch.float16 for t in weights.values())
+    from reelkit.vae import load_cvvae
+
+    assert load_cvvae(tmp_path / "bundle_CVVAE").dtype == torch.float32  # loaded for CPU inference
+    line = one_line_error(*cli("train", "export", tmp_path, "-o", tmp_path / "x")[::2])
+    assert "not a trained VAE folder" in line

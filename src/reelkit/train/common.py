@@ -67,3 +67,23 @@ def load_checkpoint(accelerator, output_dir: Path) -> int:
         raise ReelkitError(f"{final}: checkpoint does not match this config ({' '.join(str(error).split())[:200]})"
                            ) from None
     return int(json.loads((final / "trainer_state.json").read_text())["step"])
+
+
+def export_fp16(model_cls, source: str | Path, destination: str | Path) -> Path:
+    """Re-save a trained model folder as fp16 safetensors (the bundled-asset format), replacing
+    ``destination`` in place only once the new copy is complete."""
+    import torch
+
+    source, destination = Path(source), Path(destination)
+    if not (source / "config.json").is_file():
+        raise ReelkitError(f"{source}: not a model folder (no config.json)")
+    model = model_cls.from_pretrained(source, torch_dtype=torch.float32).to(torch.float16)
+    staging = destination.with_name(f".{destination.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    retired = destination.with_name(f".{destination.name}.old")
+    if destination.exists():
+        destination.rename(retired)
+    staging.rename(destination)
+    shutil.rmtree(retired, ignore_errors=True)
+    return destination

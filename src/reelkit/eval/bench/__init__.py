@@ -32,6 +32,7 @@ from reelkit.files import atomic_path
 
 SUITES: dict[str, str] = {
     "world": "reelkit.eval.bench.world",
+    "vae": "reelkit.eval.bench.vae",
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
 

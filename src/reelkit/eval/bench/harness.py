@@ -70,15 +70,35 @@ def peak_memory_bytes(fn: Callable[[], object], *modules: torch.nn.Module,
         fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device))
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    tracker = MemTracker()
+    tracker = _peak_tracker()
     if modules:
         tracker.track_external(*modules)
     with tracker:
         fn()
     snapshot = tracker.get_tracker_snapshot("peak")
     return int(sum(stats["Total"] for stats in snapshot.values()))
+
+
+def _peak_tracker():
+    """torch's MemTracker counting the global peak only. Its per-module statistics cost a deep copy of
+    the snapshot at every module call and refuse a top-level module called twice (chunked decoding,
+    per-frame loops); the global peak needs neither, so the module hooks do nothing here."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class PeakTracker(MemTracker):
+        def _pre_fw_hook(self, module, inputs):
+            pass
+
+        def _post_fw_hook(self, module, inputs, outputs):
+            pass
+
+        def _pre_bw_hook(self, module, args):
+            pass
+
+        def _post_bw_hook(self, module, args):
+            pass
+
+    return PeakTracker()
 
 
 def count_flops(fn: Callable[[], object]) -> int:
