@@ -31,6 +31,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/reelkit bench world --json docs/bench/world.json
+	$(BIN)/reelkit bench vae --json docs/bench/vae.json --repeats 3
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

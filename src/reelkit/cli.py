@@ -265,6 +265,17 @@ def _load_vae(model: Path | None, chunk_frames: int | None, tile: int | None):
     return vae
 
 
+def _vae_and_clip(path: Path, size: int, frames: int, fps: float | None, start: float, model: Path | None,
+                  chunk_frames: int | None, tile: int | None):
+    """Check the options, load the CV-VAE, then read the clip (cheap checks first, nothing written yet)."""
+    from reelkit.conventions import check_size, round_down_frames
+
+    check_size(size)
+    frames = round_down_frames(frames)
+    vae = _load_vae(model, chunk_frames, tile)
+    return vae, _read_clip(path, frames, fps, size, start)
+
+
 @vae_app.command("reconstruct")
 def vae_reconstruct(
     path: Annotated[Path, typer.Argument(help="Video file, image or folder of PNG frames.")],
@@ -280,16 +291,12 @@ def vae_reconstruct(
     """Encode and decode a clip with the CV-VAE; print PSNR/SSIM and write input and output side by side."""
     import torch
 
-    from reelkit.conventions import check_size, round_down_frames
     from reelkit.data.video_io import WRITERS, write_video
     from reelkit.eval.metrics import video_psnr, video_ssim
     from reelkit.vae import reconstruct
 
     _check_output(output, WRITERS)
-    check_size(size)
-    frames = round_down_frames(frames)
-    vae = _load_vae(model, chunk_frames, tile)
-    video = _read_clip(path, frames, fps, size, start)
+    vae, video = _vae_and_clip(path, size, frames, fps, start, model, chunk_frames, tile)
     with console.status("reconstructing"):
         output_video = reconstruct(vae, video)
     write_video(torch.cat([video, output_video], dim=-1), output, fps=_clip_fps(path, fps))
@@ -312,14 +319,10 @@ def vae_encode(
     """Encode a clip to CV-VAE latents (posterior mean, unscaled) saved as safetensors."""
     import torch
 
-    from reelkit.conventions import check_size, round_down_frames
     from reelkit.vae.latents import save_latents
 
     _check_output(output, (".safetensors",))
-    check_size(size)
-    frames = round_down_frames(frames)
-    vae = _load_vae(model, chunk_frames, tile)
-    video = _read_clip(path, frames, fps, size)
+    vae, video = _vae_and_clip(path, size, frames, fps, 0.0, model, chunk_frames, tile)
     with console.status("encoding"), torch.no_grad():
         z = vae.encode(video[None]).latent_dist.mode()[0]
     save_latents(z, output, vae, fps=_clip_fps(path, fps))

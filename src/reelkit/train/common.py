@@ -77,10 +77,12 @@ def export_fp16(model_cls, source: str | Path, destination: str | Path) -> Path:
     source, destination = Path(source), Path(destination)
     if not (source / "config.json").is_file():
         raise ReelkitError(f"{source}: not a model folder (no config.json)")
-    model = model_cls.from_pretrained(source, torch_dtype=torch.float32).to(torch.float16)
+    model = model_cls.from_pretrained(source, torch_dtype=torch.float16)
     staging = destination.with_name(f".{destination.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
+    for file in staging.iterdir():
+        file.chmod(0o644)  # package data must be readable by every user
     retired = destination.with_name(f".{destination.name}.old")
     if destination.exists():
         destination.rename(retired)
