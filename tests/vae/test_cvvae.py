@@ -93,7 +93,7 @@ def test_save_and_load_round_trip(trained_like, tmp_path):
 
 def test_loading_the_wrong_checkpoint_is_a_clear_error(image_vae, cvvae, tmp_path):
     image_vae.save_pretrained(tmp_path / "image")
-    with pytest.raises(ReelkitError, match="AutoencoderKL, not a CVVAE"):
+    with pytest.raises(ReelkitError, match="AutoencoderKL checkpoint, not a CVVAE"):
         load_cvvae(tmp_path / "image")
     with pytest.raises(ReelkitError, match="no config.json"):
         load_cvvae(tmp_path / "nothing")

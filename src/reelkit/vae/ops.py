@@ -40,7 +40,7 @@ def load_cvvae(path: str | Path | None = None, dtype: torch.dtype = torch.float3
     except json.JSONDecodeError:
         raise ReelkitError(f"{config_file}: corrupt config (not JSON)") from None
     if class_name != "CVVAE":
-        raise ReelkitError(f"{path}: holds a {class_name}, not a CVVAE checkpoint")
+        raise ReelkitError(f"{path}: is a {class_name} checkpoint, not a CVVAE one")
     try:
         return CVVAE.from_pretrained(path, torch_dtype=dtype).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as error:
