@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+
 from reelkit.errors import ShapeError
 
 logger = logging.getLogger("reelkit")
@@ -64,3 +66,13 @@ def check_video_fits(num_frames: int, height: int, width: int, channels: int = 3
     if needed > available:
         raise ShapeError(f"a {channels}x{num_frames}x{height}x{width} float video needs {needed / 2**30:.1f} GiB; "
                          f"{available / 2**30:.1f} GiB of memory is free")
+
+
+def frames_to_batch(video: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W), frames in the batch."""
+    return video.transpose(1, 2).flatten(0, 1)
+
+
+def batch_to_frames(images: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B*T, C, H, W) -> (B, C, T, H, W)."""
+    return images.unflatten(0, (batch, -1)).transpose(1, 2)

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
+from reelkit.conventions import batch_to_frames, frames_to_batch
 from reelkit.errors import ReelkitError
 from reelkit.train.common import load_checkpoint, load_config, save_checkpoint
 
@@ -99,7 +101,7 @@ def build_models(config: VaeTrainConfig):
 def latent_scaling_factor(vae, batch: torch.Tensor) -> float:
     """1 / std of the latents of ``batch``: the factor that gives diffusion models unit-variance inputs."""
     if batch.ndim == 5:  # (B, C, 1, H, W) clips of one frame -> images
-        batch = batch.transpose(1, 2).flatten(0, 1)
+        batch = frames_to_batch(batch)
     return float(1.0 / vae.encode(batch).latent_dist.sample().std())
 
 
@@ -114,9 +116,7 @@ def train(config: VaeTrainConfig) -> Path:
     from reelkit.vae.losses import (
         PatchDiscriminator3D,
         adaptive_gan_weight,
-        batch_to_frames,
         decoder_regularisation,
-        frames_to_batch,
         hinge_discriminator_loss,
         kl_loss,
         psi,
@@ -129,7 +129,7 @@ def train(config: VaeTrainConfig) -> Path:
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(__import__("yaml").safe_dump(asdict(config), sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
 
     vae, image_vae = build_models(config)
     autoencoder = Autoencode(vae)
@@ -173,11 +173,11 @@ def train(config: VaeTrainConfig) -> Path:
         nll = l1 + config.mse_weight * mse
         losses = {"l1": l1, "kl": kl_loss(mean, logvar)}
         loss = nll + config.kl_weight * losses["kl"]
-        if is_video and config.reg_weight > 0:
+        gan_step = use_gan and step >= config.disc_start and step % 2 == 1
+        if is_video and config.reg_weight > 0 and not gan_step:
             target = psi(video, config.mapping, generator)
             losses["reg"] = decoder_regularisation(lambda latents: image_vae.decode(latents).sample, z, target)
             loss = loss + config.reg_weight * losses["reg"]
-        gan_step = use_gan and step >= config.disc_start and step % 2 == 1
         if use_gan and step >= config.disc_start and not gan_step:
             fake = reconstruction if is_video else batch_to_frames(reconstruction, video.shape[0])
             generator_loss = -discriminator(fake).mean()

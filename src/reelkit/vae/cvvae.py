@@ -41,15 +41,13 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from reelkit.conventions import TEMPORAL_FACTOR, is_valid_frame_count
+from reelkit.conventions import TEMPORAL_FACTOR, batch_to_frames, frames_to_batch, is_valid_frame_count
 from reelkit.errors import ReelkitError, ShapeError
 
 
 def _per_frame(fn, x: torch.Tensor) -> torch.Tensor:
     """Apply an image op ``fn`` to every frame of ``x`` (B, C, T, H, W)."""
-    b, _, t = x.shape[:3]
-    y = fn(x.transpose(1, 2).flatten(0, 1))  # (B*T, C, H, W)
-    return y.unflatten(0, (b, t)).transpose(1, 2)
+    return batch_to_frames(fn(frames_to_batch(x)), x.shape[0])
 
 
 class FrameGroupNorm(nn.GroupNorm):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reelkit.conventions import TEMPORAL_FACTOR, is_valid_frame_count
+from reelkit.conventions import TEMPORAL_FACTOR, batch_to_frames, frames_to_batch, is_valid_frame_count
 from reelkit.errors import ShapeError
 
 MAPPINGS = ("first", "slice", "average", "random")
@@ -52,16 +52,6 @@ def psi(video: torch.Tensor, mapping: str = "random", generator: torch.Generator
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)), mean per latent element."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-
-
-def frames_to_batch(video: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B*T, C, H, W), frames in the batch."""
-    return video.transpose(1, 2).flatten(0, 1)
-
-
-def batch_to_frames(images: torch.Tensor, batch: int) -> torch.Tensor:
-    """(B*T, C, H, W) -> (B, C, T, H, W)."""
-    return images.unflatten(0, (batch, -1)).transpose(1, 2)
 
 
 def decoder_regularisation(image_decode, latents: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from reelkit.conventions import TEMPORAL_FACTOR
+from reelkit.conventions import TEMPORAL_FACTOR, batch_to_frames, frames_to_batch
 from reelkit.errors import ReelkitError
 from reelkit.paths import ASSETS_DIR
 from reelkit.vae.cvvae import CVVAE
-from reelkit.vae.losses import batch_to_frames, frames_to_batch, psi
+from reelkit.vae.losses import psi
 
 BUNDLED_CVVAE = ASSETS_DIR / "cvvae"
 
