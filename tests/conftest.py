@@ -26,3 +26,16 @@ def cli(capsys):
 
     yield run
     logging.getLogger("reelkit").handlers.clear()
+
+
+@pytest.fixture
+def one_line_error():
+    """Check a CLI result is one ``error:`` line with exit code 2; return the line."""
+
+    def check(code: int, err: str) -> str:
+        assert code == 2, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        return lines[0]
+
+    return check

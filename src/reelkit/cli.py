@@ -40,6 +40,8 @@ app.add_typer(video_app, name="video")
 vae_app = typer.Typer(help="CV-VAE: reconstruct clips, encode to and decode from latents.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(vae_app, name="vae")
+eval_app = typer.Typer(help="Evaluate clips: prompt adherence read by the demo-world judge.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 
 @contextmanager
@@ -202,22 +204,54 @@ def train_vae(
     console.print(f"trained model: {model_dir}")
 
 
+@train_app.command("t2v")
+def train_t2v(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/teacher.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
+) -> None:
+    """Train the text-to-video teacher (VideoDiT + text encoder) on a latent cache it builds once."""
+    from reelkit.train.t2v import run
+
+    console.print(f"trained pipeline: {run(config, output_dir=output_dir, max_steps=max_steps)}")
+
+
+@train_app.command("judge")
+def train_judge(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/judge.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
+) -> None:
+    """Train the demo-world judge (the independent classifier that grades generators)."""
+    from reelkit.train.judge import run
+
+    console.print(f"trained judge: {run(config, output_dir=output_dir, max_steps=max_steps)}")
+
+
 @train_app.command("export")
 def train_export(
-    model_dir: Annotated[Path, typer.Argument(help="A trained model folder, e.g. runs/cvvae/model.")],
+    model_dir: Annotated[Path, typer.Argument(help="A trained model or pipeline folder, e.g. runs/teacher/model.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Destination folder (fp16 safetensors).")],
 ) -> None:
-    """Re-save a trained VAE as fp16 safetensors, e.g. into src/reelkit/assets/<name> to bundle it."""
+    """Re-save a trained model (VAE, judge) or text-to-video pipeline as fp16 safetensors, e.g. into
+    src/reelkit/assets/<name> to bundle it."""
+    from reelkit.train.common import export_fp16, export_pipeline_fp16
+
+    if (model_dir / "model_index.json").is_file():
+        export_pipeline_fp16(model_dir, output)
+        console.print(f"wrote {output} (pipeline, fp16)")
+        return
     from diffusers import AutoencoderKL
 
-    from reelkit.train.common import export_fp16
+    from reelkit.models.judge import WorldJudge
     from reelkit.vae import CVVAE
 
-    classes = {"AutoencoderKL": AutoencoderKL, "CVVAE": CVVAE}
+    classes = {"AutoencoderKL": AutoencoderKL, "CVVAE": CVVAE, "WorldJudge": WorldJudge}
     config = model_dir / "config.json"
     name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
     if name not in classes:
-        raise ReelkitError(f"{model_dir}: not a trained VAE folder (expected one of {', '.join(classes)})")
+        raise ReelkitError(f"{model_dir}: not a trained model folder (expected a pipeline or one of "
+                           f"{', '.join(classes)})")
     export_fp16(classes[name], model_dir, output)
     console.print(f"wrote {output} ({name}, fp16)")
 
@@ -353,11 +387,131 @@ def vae_decode(
     console.print(f"wrote {output} ({video.shape[1]} frames, {video.shape[2]}x{video.shape[3]})")
 
 
+# ----------------------------------------------------------------------------------------- generate
+
+def _load_generator(model: str | None):
+    """The pipeline ``--model`` names: a pipeline folder, or ``teacher`` / nothing for the bundled teacher."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from reelkit.pipelines.text_to_video import load_text_to_video
+
+    diffusers_logging.disable_progress_bar()
+    pipe = load_text_to_video(None if model in (None, "teacher") else model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="What to show, in the model's vocabulary.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or .webm.")] = Path("video.mp4"),
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Batch mode: a file with one prompt per line."
+                                                 )] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Batch mode: folder for one mp4 per prompt; "
+                                                 "existing ones are skipped.")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Noise seed (batch mode: seed + line index).")] = 0,
+    frames: Annotated[int, typer.Option(help="Frame count, 1+4k.")] = 17,
+    size: Annotated[int, typer.Option(help="Height and width, a multiple of 16.")] = 64,
+    model: Annotated[str | None, typer.Option(help="'teacher' (default) or a pipeline folder.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Steer away from this (default: empty).")] = None,
+    fps: Annotated[float, typer.Option(help="Frame rate of the written files.")] = 8.0,
+    sheet: Annotated[Path | None, typer.Option(help="Also save a contact-sheet PNG here (single prompt).")] = None,
+) -> None:
+    """Generate a video from a prompt (or one per line of --prompts) with the text-to-video model."""
+    import time
+
+    from reelkit.conventions import is_valid_frame_count
+    from reelkit.data.video_io import WRITERS, contact_sheet, write_video
+    from reelkit.generation import GenerationSettings, generate_batch, generate_video, process_shard, read_prompts
+
+    batch = prompts is not None or out_dir is not None
+    if batch and (prompts is None or out_dir is None or prompt is not None):
+        raise ReelkitError("batch mode takes --prompts FILE and --out-dir DIR, and no PROMPT")
+    if not batch and prompt is None:
+        raise ReelkitError("give a PROMPT (or --prompts FILE --out-dir DIR)")
+    if not is_valid_frame_count(frames):
+        raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
+    if steps < 1:
+        raise ReelkitError(f"--steps must be at least 1, got {steps}")
+    if guidance < 1:
+        raise ReelkitError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
+    settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
+    if batch:
+        prompt_list = read_prompts(prompts)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ReelkitError(f"{out_dir}: exists and is not a folder")
+    else:
+        _check_output(output, WRITERS)
+        if not output.parent.is_dir():
+            raise ReelkitError(f"{output.parent}: no such folder for the output")
+        if sheet is not None:
+            _check_output(sheet, (".png",))
+    pipe = _load_generator(model)
+    if batch:
+        rank, world_size = process_shard()
+        mine = len(range(rank, len(prompt_list), world_size))
+        with progress_bars() as task:
+            advance = task(f"process {rank}/{world_size}: clips", mine)
+            written = generate_batch(pipe, prompt_list, out_dir, settings, rank, world_size,
+                                     on_clip=lambda _: advance())
+        console.print(f"process {rank}/{world_size}: wrote {len(written)} clip(s) to {out_dir}, "
+                      f"skipped {mine - len(written)} already there")
+        return
+    pipe.check_inputs(prompt, negative_prompt, frames, size, size, steps, guidance, "pt")
+    started = time.perf_counter()
+    with progress_bars() as task:
+        video = generate_video(pipe, prompt, settings, on_step=task("denoising", steps))
+    elapsed = time.perf_counter() - started
+    write_video(video, output, fps=fps)
+    if sheet is not None:
+        contact_sheet(video, sheet)
+    console.print(f"wrote {output} ({frames} frames, {size}x{size}, {steps} steps, guidance {guidance:g}, "
+                  f"seed {seed}) in {elapsed:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------- eval
+
+@eval_app.command("adherence")
+def eval_adherence(
+    video: Annotated[Path, typer.Argument(help="A clip (mp4, webm, gif or a PNG folder).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt the clip should show.")],
+    judge: Annotated[Path | None, typer.Option(help="Judge folder (default: the bundled one).")] = None,
+) -> None:
+    """Read a clip with the demo-world judge and print, per object and attribute, asked vs seen."""
+    import torch
+
+    from reelkit.data.captions import parse_prompt
+    from reelkit.data.video_io import read_video
+    from reelkit.eval.adherence import judge_clips, prompt_adherence
+    from reelkit.models.judge import ATTRIBUTES, load_judge
+
+    wanted = parse_prompt(prompt).objects
+    clip = read_video(video, size=64)
+    with torch.no_grad():
+        seen, _ = judge_clips(load_judge(judge), clip[None])
+    seen = seen[0]
+    table = Table(title=f"{video.name}: {len(seen)} object(s) seen, {len(wanted)} asked")
+    table.add_column("attribute")
+    for i in range(max(len(wanted), len(seen))):
+        table.add_column(f"object {i + 1}: asked / seen")
+    for name in ATTRIBUTES:
+        cells = []
+        for i in range(max(len(wanted), len(seen))):
+            asked = getattr(wanted[i], name) if i < len(wanted) else None
+            cells.append(f"{asked or '-'} / {seen[i][name] if i < len(seen) else '-'}")
+        table.add_row(name, *cells)
+    console.print(table)
+    scores = prompt_adherence(prompt, seen)
+    console.print("agreement: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if v == v))
+
+
 # -------------------------------------------------------------------------------------------- bench
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="Suite to run: world, vae.")],
+    suite: Annotated[str, typer.Argument(help="Suite to run: world, vae, generate.")],
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A smaller run (under 3 minutes on 2 CPU cores).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -374,7 +528,7 @@ def bench(
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ReelkitError(f"unknown device '{device}'; use cpu or cuda")
     with progress_bars() as task:
-        report = run_suite(suite, quick=quick, device=device, repeats=repeats, progress=task)
+        report = run_suite(suite, quick=quick, device=device, repeats=repeats, progress=task, report_path=json_path)
     _print_rows(report)
     if json_path is not None:
         write_report(report, json_path)

@@ -18,9 +18,6 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from reelkit.errors import ReelkitError
-from reelkit.paths import ASSETS_DIR
-
 IMAGE_VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
@@ -35,7 +32,6 @@ IMAGE_VAE_CONFIG = {
 }
 """The embedded default's image VAE architecture."""
 
-BUNDLED_IMAGE_VAE = ASSETS_DIR / "image_vae"
 
 
 def build_image_vae(**overrides) -> AutoencoderKL:
@@ -49,11 +45,6 @@ def build_image_vae(**overrides) -> AutoencoderKL:
 
 def load_image_vae(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     """Load an ``AutoencoderKL`` folder (diffusers layout); ``None`` loads the bundled one."""
-    path = Path(path) if path is not None else BUNDLED_IMAGE_VAE
-    if not (path / "config.json").is_file():
-        raise ReelkitError(f"{path}: not an image VAE folder (no config.json)")
-    try:
-        vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise ReelkitError(f"{path}: cannot load the image VAE ({' '.join(str(error).split())[:200]})") from None
-    return vae.eval()
+    from reelkit.models.loading import load_model
+
+    return load_model(AutoencoderKL, path, "image_vae", dtype).eval()

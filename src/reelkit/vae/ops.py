@@ -15,37 +15,20 @@ torch.Size([3, 9, 32, 32])
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from reelkit.conventions import TEMPORAL_FACTOR, batch_to_frames, frames_to_batch
-from reelkit.errors import ReelkitError
-from reelkit.paths import ASSETS_DIR
 from reelkit.vae.cvvae import CVVAE
 from reelkit.vae.losses import psi
-
-BUNDLED_CVVAE = ASSETS_DIR / "cvvae"
 
 
 def load_cvvae(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> CVVAE:
     """Load a CVVAE folder (diffusers layout); ``None`` loads the bundled checkpoint."""
-    path = Path(path) if path is not None else BUNDLED_CVVAE
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ReelkitError(f"{path}: not a CV-VAE folder (no config.json)")
-    try:
-        class_name = json.loads(config_file.read_text()).get("_class_name")
-    except json.JSONDecodeError:
-        raise ReelkitError(f"{config_file}: corrupt config (not JSON)") from None
-    if class_name != "CVVAE":
-        raise ReelkitError(f"{path}: is a {class_name} checkpoint, not a CVVAE one")
-    try:
-        return CVVAE.from_pretrained(path, torch_dtype=dtype).eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise ReelkitError(f"{path}: checkpoint does not match its config ({' '.join(str(error).split())[:200]})"
-                           ) from None
+    from reelkit.models.loading import load_model
+
+    return load_model(CVVAE, path, "cvvae", dtype).eval()
 
 
 def _batched(video: torch.Tensor) -> tuple[torch.Tensor, bool]:

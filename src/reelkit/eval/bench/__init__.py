@@ -33,6 +33,7 @@ from reelkit.files import atomic_path
 SUITES: dict[str, str] = {
     "world": "reelkit.eval.bench.world",
     "vae": "reelkit.eval.bench.vae",
+    "generate": "reelkit.eval.bench.generate",
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
 
@@ -50,6 +51,13 @@ class BenchContext:
     repeats: int = 3
     settings: dict = field(default_factory=dict)
     progress: Callable[[str, int], Callable[[], None]] = lambda description, total: (lambda: None)
+    report_path: Path | None = None  # where the JSON goes; suites save figures (PNG) beside it
+
+    def artifact(self, name: str) -> Path | None:
+        """``<report stem>_<name>`` next to the JSON report, or ``None`` when no report is written."""
+        if self.report_path is None:
+            return None
+        return self.report_path.with_name(f"{self.report_path.stem}_{name}")
 
     def time(self, fn: Callable[[], object], on_repeat: Callable[[], None] | None = None) -> Timing:
         return measure_latency(fn, self.warmup, self.repeats, self.device, on_repeat)
@@ -68,13 +76,16 @@ def load_suite(name: str):
 
 
 def run_suite(name: str, quick: bool = False, device: str | torch.device = "cpu", repeats: int | None = None,
-              progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict:
-    """Run one suite and return its report (see the module docstring for the layout)."""
+              progress: Callable[[str, int], Callable[[], None]] | None = None,
+              report_path: str | os.PathLike | None = None) -> dict:
+    """Run one suite and return its report (see the module docstring for the layout); suites that draw
+    figures save them next to ``report_path``."""
     suite = load_suite(name)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ReelkitError("--device cuda asked for, but torch sees no CUDA device here")
-    ctx = BenchContext(quick=quick, device=device, repeats=repeats or (2 if quick else 5))
+    ctx = BenchContext(quick=quick, device=device, repeats=repeats or (2 if quick else 5),
+                       report_path=Path(report_path) if report_path is not None else None)
     if progress is not None:
         ctx.progress = progress
     ctx.settings.update({"quick": quick, "warmup": ctx.warmup, "repeats": ctx.repeats})

@@ -1,0 +1,1 @@
+"""The embedded default's networks: the text-to-video ``VideoDiT``, its text encoder, and the judge."""

@@ -1,0 +1,178 @@
+"""VideoDiT: the text-to-video teacher, a DiT over CV-VAE latents with factorised attention.
+
+Each block runs, on the token layout ``(B, T*S, C)`` it receives and returns:
+
+1. spatial self-attention within each frame (tokens viewed as ``(B*T, S, C)``),
+2. temporal self-attention across frames at each location (``(B*S, T, C)``),
+3. cross-attention to the text tokens,
+4. a feed-forward MLP,
+
+each as ``x = x + gate * branch(modulate(norm(x)))`` with adaLN-zero modulation from the timestep
+(DiT, Peebles & Xie 2023; the shared modulation table of PixArt-alpha). The attention modules are
+diffusers ``Attention`` and the blocks are registered with diffusers' ``TransformerBlockRegistry`` and
+live in ``transformer_blocks``, so diffusers' caches (PyramidAttentionBroadcast, FasterCache,
+FirstBlockCache, MagCache, TaylorSeer) and reelkit's accelerators find them unchanged.
+
+>>> import torch
+>>> from reelkit.models.dit import VideoDiT
+>>> model = VideoDiT(num_layers=2, num_attention_heads=2, attention_head_dim=16, text_dim=24).eval()
+>>> latents = torch.randn(1, 8, 5, 8, 8)                  # (B, C, 1+k, H/8, W/8) CV-VAE latents
+>>> text = torch.randn(1, 12, 24)                          # (B, L, text_dim) text-encoder states
+>>> model(latents, torch.tensor([500.0]), text).sample.shape   # the flow-matching velocity
+torch.Size([1, 8, 5, 8, 8])
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.embeddings import (
+    TimestepEmbedding,
+    Timesteps,
+    get_1d_sincos_pos_embed_from_grid,
+    get_2d_sincos_pos_embed,
+)
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from reelkit.errors import ShapeError
+
+NUM_BRANCHES = 4  # spatial attention, temporal attention, cross-attention, MLP
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class VideoDiTBlock(nn.Module):
+    """One factorised block; ``forward`` maps ``(B, T*S, C)`` to ``(B, T*S, C)``."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, text_dim: int,
+                 mlp_ratio: float = 4.0):
+        super().__init__()
+        heads = dict(heads=num_attention_heads, dim_head=attention_head_dim, qk_norm="rms_norm", eps=1e-6,
+                     bias=True, out_bias=True)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn1 = Attention(query_dim=dim, **heads)  # spatial
+        self.norm_temporal = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_temporal = Attention(query_dim=dim, **heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn2 = Attention(query_dim=dim, cross_attention_dim=text_dim, **heads)  # text
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+        # per-block offsets added to the shared timestep modulation: (shift, scale, gate) per branch
+        self.scale_shift_table = nn.Parameter(torch.randn(3 * NUM_BRANCHES, dim) / dim**0.5)
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
+                num_frames: int) -> torch.Tensor:
+        x = hidden_states  # (B, T*S, C)
+        B, N, C = x.shape
+        T, S = num_frames, N // num_frames
+        modulation = (self.scale_shift_table[None] + temb.view(B, 3 * NUM_BRANCHES, C)).unsqueeze(2)
+        shift, scale, gate = modulation.view(B, NUM_BRANCHES, 3, 1, C).unbind(2)  # each (B, 4, 1, C)
+
+        h = modulate(self.norm1(x), shift[:, 0], scale[:, 0]).reshape(B * T, S, C)
+        x = x + gate[:, 0] * self.attn1(h).reshape(B, N, C)
+
+        h = modulate(self.norm_temporal(x), shift[:, 1], scale[:, 1])
+        h = h.view(B, T, S, C).transpose(1, 2).reshape(B * S, T, C)
+        h = self.attn_temporal(h).view(B, S, T, C).transpose(1, 2).reshape(B, N, C)
+        x = x + gate[:, 1] * h
+
+        h = modulate(self.norm2(x), shift[:, 2], scale[:, 2])
+        x = x + gate[:, 2] * self.attn2(h, encoder_hidden_states=encoder_hidden_states)
+
+        h = modulate(self.norm3(x), shift[:, 3], scale[:, 3])
+        return x + gate[:, 3] * self.ff(h)
+
+
+TransformerBlockRegistry.register(
+    VideoDiTBlock, TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None))
+
+
+class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
+    """Text-conditioned video DiT over ``(B, C, T, H, W)`` latents, predicting the flow-matching velocity.
+
+    ``patch_size`` patchifies space only (every latent frame keeps its own tokens, so temporal attention
+    sees all ``1 + k`` frames). ``sample_size`` is the latent side the positions are laid out for; other
+    sizes interpolate the sinusoidal grid. ``timestep`` is ``sigma * 1000`` (diffusers' flow-matching
+    schedulers' convention).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["VideoDiTBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+
+    @register_to_config
+    def __init__(self, in_channels: int = 8, out_channels: int | None = None, patch_size: int = 2,
+                 num_layers: int = 8, num_attention_heads: int = 4, attention_head_dim: int = 48,
+                 text_dim: int = 128, mlp_ratio: float = 4.0, sample_size: int = 8, frequency_dim: int = 256):
+        super().__init__()
+        dim = num_attention_heads * attention_head_dim
+        out_channels = out_channels or in_channels
+        self.patch_embed = nn.Linear(in_channels * patch_size**2, dim)
+        self.time_proj = Timesteps(frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(frequency_dim, dim)
+        self.time_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * NUM_BRANCHES * dim))
+        self.transformer_blocks = nn.ModuleList(
+            VideoDiTBlock(dim, num_attention_heads, attention_head_dim, text_dim, mlp_ratio) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_out = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.proj_out = nn.Linear(dim, out_channels * patch_size**2)
+        self.gradient_checkpointing = False
+        self._zero_init()
+
+    def _zero_init(self):
+        # adaLN-zero: every branch starts closed and the output starts at zero (DiT, section 3.2)
+        nn.init.zeros_(self.time_modulation[-1].weight)
+        nn.init.zeros_(self.time_modulation[-1].bias)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+        for block in self.transformer_blocks:
+            block.scale_shift_table.data[2::3].zero_()  # gates
+
+    def positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """Sinusoidal embeddings ``(T*S, C)``: a 2D grid within frames plus a 1D one over frames."""
+        dim = self.config.num_attention_heads * self.config.attention_head_dim
+        base = max(1, self.config.sample_size // self.config.patch_size)
+        spatial = get_2d_sincos_pos_embed(dim, (height, width), base_size=base, device=self.device)  # (S, C)
+        frames = torch.arange(num_frames, device=self.device, dtype=torch.float32)
+        temporal = get_1d_sincos_pos_embed_from_grid(dim, frames)  # (T, C)
+        return (temporal[:, None] + spatial[None]).reshape(num_frames * height * width, dim)
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
+                return_dict: bool = True) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+        B, C, T, H, W = hidden_states.shape
+        p = self.config.patch_size
+        if self.config.in_channels != C or H % p or W % p:
+            raise ShapeError(f"VideoDiT expects latents with {self.config.in_channels} channels and sides divisible "
+                             f"by {p}; got {tuple(hidden_states.shape)}")
+        h, w = H // p, W // p
+        x = hidden_states.view(B, C, T, h, p, w, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, T * h * w, C * p * p)
+        x = self.patch_embed(x) + self.positions(T, h, w).to(x.dtype)  # (B, T*S, D)
+
+        timestep = torch.as_tensor(timestep, device=x.device, dtype=torch.float32).expand(B)
+        t_emb = self.time_embedding(self.time_proj(timestep).to(x.dtype))  # (B, D)
+        temb = self.time_modulation(t_emb)  # (B, 12*D)
+        encoder_hidden_states = encoder_hidden_states.to(x.dtype)
+        for block in self.transformer_blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, encoder_hidden_states, temb, T)
+            else:
+                x = block(x, encoder_hidden_states, temb, T)
+
+        shift, scale = (self.scale_shift_out[None] + t_emb[:, None]).unbind(1)  # (B, D) each
+        x = self.proj_out(modulate(self.norm_out(x), shift[:, None], scale[:, None]))  # (B, T*S, p*p*C_out)
+        out_channels = self.proj_out.out_features // (p * p)
+        sample = x.view(B, T, h, w, out_channels, p, p).permute(0, 4, 1, 2, 5, 3, 6).reshape(B, out_channels, T, H, W)
+        if not return_dict:
+            return (sample,)
+        return Transformer2DModelOutput(sample=sample)
+
+
+__all__ = ["VideoDiT", "VideoDiTBlock"]

@@ -1,0 +1,37 @@
+"""Load a diffusers-layout model folder, with one-line errors for the wrong kind of checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from reelkit.errors import ReelkitError
+from reelkit.paths import ASSETS_DIR
+
+
+def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dtype = torch.float32):
+    """``model_cls.from_pretrained(path)``; ``path=None`` loads ``assets/<bundled>``.
+
+    A folder without a config, a checkpoint of another class, or weights that do not fit the config raise
+    :class:`ReelkitError` naming the folder.
+    """
+    path = Path(path) if path is not None else ASSETS_DIR / bundled
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ReelkitError(f"{path}: not a {model_cls.__name__} folder (no config.json)")
+    try:
+        class_name = json.loads(config_file.read_text()).get("_class_name")
+    except json.JSONDecodeError:
+        raise ReelkitError(f"{config_file}: corrupt config (not JSON)") from None
+    if class_name != model_cls.__name__:
+        raise ReelkitError(f"{path}: is a {class_name} checkpoint, not a {model_cls.__name__} one")
+    try:
+        return model_cls.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ReelkitError(f"{path}: checkpoint does not match its config ({' '.join(str(error).split())[:200]})"
+                           ) from None
+
+
+__all__ = ["load_model"]

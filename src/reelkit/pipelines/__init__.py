@@ -1,0 +1,1 @@
+"""Diffusers pipelines of the embedded default."""

@@ -1,0 +1,237 @@
+"""TextToVideoPipeline: prompt -> video with a ``VideoDiT`` over CV-VAE latents (a diffusers pipeline).
+
+Each denoising step calls the transformer once per guidance branch, inside
+``transformer.cache_context("cond" | "uncond", step_index=i, num_inference_steps=n, timestep=t)``, so
+step-aware caches (reelkit's AdaCache, diffusers' FirstBlockCache, MagCache, ...) see where the loop is
+and keep one state per branch.
+
+>>> import torch
+>>> from reelkit.pipelines.text_to_video import TextToVideoPipeline, tiny_pipeline
+>>> pipe = tiny_pipeline()                      # random weights; load_text_to_video() is the trained teacher
+>>> video = pipe("a red circle moving right", num_frames=5, height=32, width=32, num_inference_steps=2,
+...              generator=torch.Generator().manual_seed(0)).frames
+>>> video.shape                                 # (B, C, T, H, W) in [-1, 1]
+torch.Size([1, 3, 5, 32, 32])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+
+from reelkit.conventions import TEMPORAL_FACTOR, is_valid_frame_count
+from reelkit.errors import ReelkitError, ShapeError
+from reelkit.models.text import check_prompt, encode_prompts
+from reelkit.paths import ASSETS_DIR
+
+OUTPUT_TYPES = ("pt", "np", "pil", "latent")
+
+
+@dataclass
+class TextToVideoPipelineOutput(BaseOutput):
+    """``frames``: ``(B, C, T, H, W)`` in ``[-1, 1]`` ("pt"), ``(B, T, H, W, C)`` in ``[0, 1]`` ("np"), one list
+    of PIL images per video ("pil"), or the latents ("latent")."""
+
+    frames: torch.Tensor | np.ndarray | list
+
+
+class TextToVideoPipeline(DiffusionPipeline):
+    """Text-to-video with classifier-free guidance over a flow-matching (or any diffusers) scheduler."""
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler):
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              scheduler=scheduler)
+
+    @property
+    def spatial_multiple(self) -> int:
+        """Heights and widths must be multiples of this: the VAE's factor times the transformer's patch."""
+        return self.vae.spatial_compression * self.transformer.config.patch_size
+
+    def check_inputs(self, prompt, negative_prompt, num_frames: int, height: int, width: int,
+                     num_inference_steps: int, guidance_scale: float, output_type: str) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ReelkitError("no prompt given")
+        for text in prompts + ([negative_prompt] if isinstance(negative_prompt, str) and negative_prompt else []):
+            check_prompt(text, self.tokenizer)
+        if not is_valid_frame_count(num_frames):
+            raise ShapeError(f"{num_frames} frames is not 1+4k (1, 5, 9, 13, 17, ...)")
+        multiple = self.spatial_multiple
+        if height <= 0 or width <= 0 or height % multiple or width % multiple:
+            raise ShapeError(f"height and width must be positive multiples of {multiple} (the VAE's 8 x the "
+                             f"transformer's patch {self.transformer.config.patch_size}); got {height}x{width}")
+        if num_inference_steps < 1:
+            raise ReelkitError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if guidance_scale < 1:
+            raise ReelkitError(f"guidance_scale must be at least 1 (1 turns guidance off), got {guidance_scale}")
+        if output_type not in OUTPUT_TYPES:
+            raise ReelkitError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        return prompts
+
+    def encode_prompt(self, prompts: list[str], negative_prompt: str | None, do_classifier_free_guidance: bool,
+                      num_videos_per_prompt: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text-encoder states for the prompts and, with guidance, for the negative prompt (default: empty)."""
+        prompt_embeds = encode_prompts(prompts, self.tokenizer, self.text_encoder)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+        if not do_classifier_free_guidance:
+            return prompt_embeds, None
+        negative = encode_prompts([negative_prompt or ""], self.tokenizer, self.text_encoder)
+        return prompt_embeds, negative.expand_as(prompt_embeds)
+
+    def prepare_latents(self, batch_size: int, num_frames: int, height: int, width: int, dtype, device,
+                        generator, latents: torch.Tensor | None = None) -> torch.Tensor:
+        shape = (batch_size, self.transformer.config.in_channels, (num_frames - 1) // TEMPORAL_FACTOR + 1,
+                 height // self.vae.spatial_compression, width // self.vae.spatial_compression)
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ShapeError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            return latents.to(device, dtype)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return noise * getattr(self.scheduler, "init_noise_sigma", 1.0)  # DDIM-style schedulers scale noise
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                negative_prompt_embeds: torch.Tensor | None, guidance_scale: float, step_index: int,
+                num_inference_steps: int) -> torch.Tensor:
+        """The guided model output at one step; each branch runs in its own cache context."""
+        timestep = t.expand(latents.shape[0]).to(latents.dtype)
+        with self.transformer.cache_context("cond", step_index=step_index, num_inference_steps=num_inference_steps,
+                                            timestep=t):
+            cond = self.transformer(latents, timestep, prompt_embeds).sample
+        if negative_prompt_embeds is None:
+            return cond
+        with self.transformer.cache_context("uncond", step_index=step_index,
+                                            num_inference_steps=num_inference_steps, timestep=t):
+            uncond = self.transformer(latents, timestep, negative_prompt_embeds).sample
+        return uncond + guidance_scale * (cond - uncond)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents).sample.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, num_frames: int = 17,
+                 height: int = 64, width: int = 64, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                 num_videos_per_prompt: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,
+                 latents: torch.Tensor | None = None, output_type: str = "pt", return_dict: bool = True,
+                 callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)):
+        """Generate ``num_videos_per_prompt`` videos per prompt.
+
+        ``guidance_scale`` 1 disables classifier-free guidance (one model call per step). ``callback_on_step_end``
+        is called as ``callback(pipe, step_index, timestep, tensors)`` with the tensors named in
+        ``callback_on_step_end_tensor_inputs`` and may return replacements for them (diffusers' convention).
+        """
+        prompts = self.check_inputs(prompt, negative_prompt, num_frames, height, width, num_inference_steps,
+                                    guidance_scale, output_type)
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ReelkitError(f"callback tensors must be among {self._callback_tensor_inputs}, got {sorted(unknown)}")
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompt, do_cfg,
+                                                                   num_videos_per_prompt)
+        dtype = self.transformer.dtype
+        prompt_embeds = prompt_embeds.to(dtype)
+        negative_prompt_embeds = None if negative_prompt_embeds is None else negative_prompt_embeds.to(dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        latents = self.prepare_latents(len(prompts) * num_videos_per_prompt, num_frames, height, width, dtype,
+                                       device, generator, latents)
+
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_input = (self.scheduler.scale_model_input(latents, t)
+                               if hasattr(self.scheduler, "scale_model_input") else latents)
+                noise_pred = self.predict(model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale, i,
+                                          len(timesteps))
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    available = {"latents": latents, "prompt_embeds": prompt_embeds,
+                                 "negative_prompt_embeds": negative_prompt_embeds}
+                    tensors = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                    updates = callback_on_step_end(self, i, t, tensors) or {}
+                    latents = updates.get("latents", latents)
+                    prompt_embeds = updates.get("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = updates.get("negative_prompt_embeds", negative_prompt_embeds)
+                progress_bar.update()
+
+        if output_type == "latent":
+            frames = latents
+        else:
+            video = self.decode_latents(latents)  # (B, C, T, H, W) in [-1, 1]
+            if output_type == "pt":
+                frames = video
+            else:
+                array = ((video + 1) / 2).permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, T, H, W, C) in [0, 1]
+                frames = array if output_type == "np" else [self.numpy_to_pil(clip) for clip in array]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return TextToVideoPipelineOutput(frames=frames)
+
+
+def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The teacher's scheduler: flow-matching Euler (its training objective), no resolution shift."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+def tiny_pipeline(seed: int = 0) -> TextToVideoPipeline:
+    """A randomly initialised pipeline of tiny models, for tests and examples (no files needed)."""
+    from reelkit.models.dit import VideoDiT
+    from reelkit.models.text import WorldTextEncoder, build_tokenizer
+    from reelkit.vae.cvvae import CVVAE
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = WorldTextEncoder(vocab_size=len(tokenizer), dim=16, num_layers=1, num_heads=2)
+    transformer = VideoDiT(num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16, sample_size=4)
+    vae = CVVAE(block_out_channels=(8, 8, 8, 8), norm_num_groups=4)
+    pipe = TextToVideoPipeline(transformer.eval(), vae.eval(), text_encoder.eval(), tokenizer, default_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TEACHER = "teacher"
+
+
+def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dtype = torch.float32
+                       ) -> TextToVideoPipeline:
+    """Load a saved pipeline folder (``model_index.json``); ``None`` loads the bundled teacher.
+
+    A folder without a ``vae`` subfolder (the bundled teacher) gets ``vae`` or the bundled CV-VAE.
+    """
+    import reelkit.models.dit  # noqa: F401  (diffusers loads only components of modules already imported)
+    import reelkit.models.text  # noqa: F401
+    from reelkit.vae import load_cvvae
+
+    path = Path(path) if path is not None else ASSETS_DIR / TEACHER
+    if not (path / "model_index.json").is_file():
+        raise ReelkitError(f"{path}: not a text-to-video pipeline folder (no model_index.json)")
+    if vae is None and not (path / "vae").is_dir():
+        vae = load_cvvae(dtype=dtype)
+    extra = {"vae": vae} if vae is not None else {}
+    try:
+        pipe = TextToVideoPipeline.from_pretrained(path, dtype=dtype, **extra)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as error:
+        raise ReelkitError(f"{path}: cannot load the pipeline ({' '.join(str(error).split())[:200]})") from None
+    if not isinstance(pipe.transformer, torch.nn.Module) or not hasattr(pipe.transformer, "cache_context"):
+        raise ReelkitError(f"{path}: its transformer is not a VideoDiT-like model")
+    for model in (pipe.transformer, pipe.text_encoder, pipe.vae):
+        model.eval()
+    return pipe
+
+
+__all__ = ["TextToVideoPipeline", "TextToVideoPipelineOutput", "default_scheduler", "load_text_to_video",
+           "tiny_pipeline"]

@@ -1,0 +1,153 @@
+"""Recipe: train the demo-world judge (:class:`~reelkit.models.judge.WorldJudge`) on rendered clips.
+
+Clips are rendered fresh every step (training seeds only), then degraded at random (blur, noise, a
+small colour shift) so the judge reads decoded, slightly blurry generations as well as clean renders.
+Its seed and architecture are its own: the judge must stay independent of every generator it grades.
+
+Launch::
+
+    reelkit train judge --config configs/judge.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m reelkit train judge --config configs/judge.yaml
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from reelkit.train.common import autocast, check_mixed_precision, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class JudgeTrainConfig:
+    output_dir: str = "runs/judge"
+    model: dict = field(default_factory=dict)
+    num_frames: int = 9
+    size: int = 64
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    max_steps: int = 2000
+    time_limit_minutes: float | None = None
+    degrade_probability: float = 0.6
+    save_every: int = 200
+    log_every: int = 20
+    seed: int = 1234  # not the generators' seed
+    threads: int | None = None
+    num_workers: int = 1
+    mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
+
+    def __post_init__(self):
+        check_mixed_precision(self.mixed_precision)
+
+
+def degrade(video: torch.Tensor, generator: torch.Generator, probability: float) -> torch.Tensor:
+    """Blur, noise and shift the colours of a random part of the batch ``(B, C, T, H, W)``."""
+    out = video.clone()
+    for i in range(len(video)):
+        if torch.rand((), generator=generator) >= probability:
+            continue
+        sigma = float(torch.empty(()).uniform_(0.3, 1.3, generator=generator))
+        radius = 2
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1.0) / sigma) ** 2)
+        taps = taps / taps.sum()
+        clip = out[i].transpose(0, 1)  # (T, C, H, W)
+        channels = clip.shape[1]
+        clip = F.conv2d(F.pad(clip, (radius,) * 4, mode="replicate"), taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
+                        groups=channels)
+        clip = F.conv2d(clip, taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+        noise = float(torch.empty(()).uniform_(0.0, 0.06, generator=generator))
+        clip = clip + noise * torch.randn(clip.shape, generator=generator)
+        clip = clip + 0.06 * (torch.rand(1, channels, 1, 1, generator=generator) - 0.5)
+        out[i] = clip.clamp(-1, 1).transpose(0, 1)
+    return out
+
+
+def judge_loss(output, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy over object slots (absent objects are ignored) and over the object count."""
+    losses, accuracy = {}, {}
+    for name in ("shape", "color", "motion"):
+        logits, target = getattr(output, name).float(), batch[name]
+        losses[name] = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1)
+        known = target >= 0
+        accuracy[name] = (logits.argmax(-1)[known] == target[known]).float().mean().item()
+    losses["count"] = F.cross_entropy(output.num_objects.float(), batch["num_objects"] - 1)
+    return sum(losses.values()), accuracy
+
+
+def train(config: JudgeTrainConfig) -> Path:
+    """Run the recipe; return ``output_dir/model``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from torch.utils.data import DataLoader
+
+    from reelkit.data.datasets import WorldStream
+    from reelkit.models.judge import WorldJudge
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(config.seed, device_specific=True)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    judge = WorldJudge(**config.model, num_frames=config.num_frames, size=config.size)
+    optimizer = torch.optim.AdamW(judge.parameters(), lr=config.learning_rate, weight_decay=0.05)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    stream = WorldStream(config.num_frames, config.size, seed=config.seed, rank=accelerator.process_index)
+    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers)
+    judge, optimizer = accelerator.prepare(judge, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    step = load_checkpoint(accelerator, output_dir)
+    if step:
+        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
+    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
+    started = tick = time.monotonic()
+    window = 0
+    batches = iter(loader)
+    while step < config.max_steps:
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
+        video = degrade(batch["video"], generator, config.degrade_probability)
+        with autocast(config.mixed_precision, accelerator.device):
+            output = judge(video)
+        loss, accuracy = judge_loss(output, batch)
+        optimizer.zero_grad()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(judge.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window += 1
+        if step % config.log_every == 0:
+            now = time.monotonic()
+            figures = " ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+            accelerator.print(f"step {step} loss {loss.item():.4f} acc {figures} "
+                              f"{(now - tick) / window:.2f} s/step", flush=True)
+            tick, window = now, 0
+        out_of_time = (config.time_limit_minutes is not None
+                       and time.monotonic() - started > 60 * config.time_limit_minutes)
+        if step % config.save_every == 0 or step == config.max_steps or out_of_time:
+            save_checkpoint(accelerator, output_dir, step)
+        if out_of_time:
+            accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
+            break
+    model_dir = output_dir / "model"
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(judge).save_pretrained(model_dir)
+        accelerator.print(f"wrote {model_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return model_dir
+
+
+def run(config_path: str | Path, **overrides) -> Path:
+    from reelkit.train.common import load_config
+
+    return train(load_config(JudgeTrainConfig, config_path, **overrides))

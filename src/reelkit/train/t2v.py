@@ -1,0 +1,255 @@
+"""Recipe: train the text-to-video teacher (``VideoDiT`` + text encoder, jointly) by flow matching.
+
+Data: demo-world clips encoded once by the CV-VAE into a latent cache (built on first use, resumable;
+see :mod:`reelkit.train.latent_cache`). Objective: rectified flow, ``x_t = (1 - s) x_0 + s eps`` with
+``s`` drawn logit-normal (SD3, Esser et al. 2024), the model predicting the velocity ``eps - x_0``, which
+diffusers' ``FlowMatchEulerDiscreteScheduler`` integrates at sampling time. Captions are dropped to the
+empty prompt with probability ``caption_dropout`` so classifier-free guidance has an unconditional
+model. EMA weights are kept and exported.
+
+Launch::
+
+    reelkit train t2v --config configs/teacher.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m reelkit train t2v --config configs/teacher.yaml
+
+The run checkpoints atomically to ``output_dir/checkpoint`` (EMA included) and resumes from it; it logs
+``output_dir/loss.csv`` and redraws ``output_dir/loss.png`` at every checkpoint; at the end it writes the
+pipeline folder ``output_dir/model`` (transformer, text encoder, tokenizer, scheduler; the CV-VAE is the
+bundled one).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from reelkit.train.common import autocast, check_mixed_precision, load_checkpoint, load_config, save_checkpoint
+
+
+@dataclass
+class T2VTrainConfig:
+    output_dir: str = "runs/teacher"
+    latent_cache: str = "runs/t2v_latents"
+    cache_clips: int = 8192  # clips to encode into the cache if it is missing or incomplete
+    num_frames: int = 17
+    size: int = 64
+    vae: str | None = None  # the CV-VAE that encoded the cache (None: bundled); gives the scaling factor
+    model: dict = field(default_factory=dict)  # VideoDiT options
+    text_encoder: dict = field(default_factory=dict)  # WorldTextEncoder options
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    warmup_steps: int = 200
+    max_steps: int = 3000
+    time_limit_minutes: float | None = None
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
+    save_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self):
+        check_mixed_precision(self.mixed_precision)
+
+
+class Denoiser(torch.nn.Module):
+    """Text encoder + transformer as one module, so one DDP wrapper trains both."""
+
+    def __init__(self, transformer, text_encoder):
+        super().__init__()
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+
+    def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        text = self.text_encoder(input_ids, attention_mask)
+        return self.transformer(noisy, timestep, text).sample
+
+
+def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator: torch.Generator,
+                       logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """Rectified-flow velocity loss with logit-normal noise levels (SD3, section 3.1)."""
+    sigma = torch.sigmoid(logit_mean + logit_std * torch.randn(len(latents), generator=generator))
+    sigma = sigma.to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    noisy = (1 - s) * latents + s * noise
+    prediction = denoiser(noisy, sigma * 1000, tokens["input_ids"], tokens["attention_mask"])
+    return F.mse_loss(prediction.float(), (noise - latents).float())
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> None:
+    """Redraw the loss curve (raw and smoothed) from ``loss.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:] if line]
+    if not rows:
+        return
+    steps = [int(r[0]) for r in rows]
+    losses = [float(r[1]) for r in rows]
+    smooth, value = [], losses[0]
+    for loss in losses:
+        value = 0.9 * value + 0.1 * loss
+        smooth.append(value)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    ax.plot(steps, smooth, label="smoothed")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+
+
+def build_components(config: T2VTrainConfig):
+    """(transformer, text encoder, tokenizer) freshly initialised from the config."""
+    from reelkit.models.dit import VideoDiT
+    from reelkit.models.text import WorldTextEncoder, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    text_options = {"vocab_size": len(tokenizer), **config.text_encoder}
+    text_encoder = WorldTextEncoder(**text_options)
+    transformer = VideoDiT(**{"text_dim": text_encoder.config.dim,
+                              "sample_size": config.size // 8, **config.model})
+    return transformer, text_encoder, tokenizer
+
+
+def train(config: T2VTrainConfig) -> Path:
+    """Run the recipe; return the pipeline folder ``output_dir/model``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader
+
+    from reelkit.models.text import tokenize_prompts
+    from reelkit.pipelines.text_to_video import TextToVideoPipeline, default_scheduler
+    from reelkit.train.latent_cache import LatentCache, build_latent_cache
+    from reelkit.vae import load_cvvae
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(config.seed, device_specific=True)
+    output_dir = Path(config.output_dir)
+    vae = load_cvvae(config.vae)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=vae,
+                           progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
+    accelerator.wait_for_everyone()
+    dataset = LatentCache(config.latent_cache)
+    scaling_factor = vae.config.scaling_factor
+
+    transformer, text_encoder, tokenizer = build_components(config)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    denoiser = Denoiser(transformer, text_encoder)
+    ema = EMAModel(denoiser.parameters(), decay=config.ema_decay)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+                                  weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(config.seed))
+    denoiser, optimizer, loader = accelerator.prepare(denoiser, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(ema)
+    step = load_checkpoint(accelerator, output_dir)
+    accelerator.print(f"training the teacher on {len(dataset)} cached clips, {accelerator.num_processes} "
+                      f"process(es), batch {config.batch_size} per process")
+    if step:
+        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
+    ema.to(accelerator.device)
+    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
+    csv_path = output_dir / "loss.csv"
+    if accelerator.is_main_process and not csv_path.exists():
+        csv_path.write_text("step,loss,lr,seconds_per_step\n")
+
+    def batches():
+        epoch = 0
+        while True:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    started = tick = time.monotonic()
+    window, window_loss = 0, 0.0
+    stream = batches()
+    while step < config.max_steps:
+        batch = next(stream)
+        captions = [c if torch.rand((), generator=generator) >= config.caption_dropout else ""
+                    for c in batch["caption"]]
+        tokens = {k: v.to(accelerator.device) for k, v in tokenize_prompts(captions, tokenizer).items()}
+        latents = batch["latent"].to(accelerator.device) * scaling_factor
+        with autocast(config.mixed_precision, accelerator.device):
+            loss = flow_matching_loss(denoiser, latents, tokens, generator, config.logit_mean, config.logit_std)
+        optimizer.zero_grad()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.step(accelerator.unwrap_model(denoiser).parameters())
+        step += 1
+        window += 1
+        window_loss += loss.item()
+        if step % config.log_every == 0 or step == config.max_steps:
+            now = time.monotonic()
+            mean_loss = window_loss / window
+            lr = scheduler.get_last_lr()[0]
+            accelerator.print(f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {(now - tick) / window:.2f} s/step",
+                              flush=True)
+            if accelerator.is_main_process:
+                with csv_path.open("a") as handle:
+                    handle.write(f"{step},{mean_loss:.6f},{lr:.3e},{(now - tick) / window:.3f}\n")
+            tick, window, window_loss = now, 0, 0.0
+        out_of_time = (config.time_limit_minutes is not None
+                       and time.monotonic() - started > 60 * config.time_limit_minutes)
+        if step % config.save_every == 0 or step == config.max_steps or out_of_time:
+            save_checkpoint(accelerator, output_dir, step)
+            if accelerator.is_main_process:
+                plot_losses(csv_path, output_dir / "loss.png")
+        if out_of_time:
+            accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
+            break
+
+    model_dir = output_dir / "model"
+    if accelerator.is_main_process:
+        trained = accelerator.unwrap_model(denoiser)
+        ema.copy_to(trained.parameters())
+        pipe = TextToVideoPipeline(trained.transformer.eval(), vae, trained.text_encoder.eval(), tokenizer,
+                                   default_scheduler())
+        staging = output_dir / ".model.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        pipe.save_pretrained(staging)
+        shutil.rmtree(staging / "vae")  # the pipeline loads the bundled CV-VAE (or the one it is given)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        staging.rename(model_dir)
+        accelerator.print(f"wrote {model_dir} (EMA weights; loss curve {output_dir / 'loss.png'})")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return model_dir
+
+
+def run(config_path: str | Path, **overrides) -> Path:
+    return train(load_config(T2VTrainConfig, config_path, **overrides))
+
+
+__all__ = ["Denoiser", "T2VTrainConfig", "flow_matching_loss", "run", "train"]

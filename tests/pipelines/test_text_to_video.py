@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from reelkit.errors import PromptError, ReelkitError, ShapeError
+from reelkit.pipelines.text_to_video import TextToVideoPipeline, load_text_to_video, tiny_pipeline
+
+SMALL = dict(num_frames=5, height=32, width=32, num_inference_steps=3)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = tiny_pipeline()
+    for parameter in pipe.transformer.parameters():  # open adaLN-zero's gates so text and noise matter
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    return pipe
+
+
+def run(pipe, prompt="a red circle moving right", seed=0, **kwargs):
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **{**SMALL, **kwargs}).frames
+
+
+def test_same_seed_same_video_other_seed_other_video(pipe):
+    a, b, c = run(pipe), run(pipe), run(pipe, seed=1)
+    assert a.shape == (1, 3, 5, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_guidance_and_negative_prompt_change_the_result(pipe):
+    guided = run(pipe, guidance_scale=5.0)
+    assert not torch.equal(guided, run(pipe, guidance_scale=1.0))
+    assert not torch.equal(guided, run(pipe, guidance_scale=5.0, negative_prompt="a blue square"))
+
+
+def test_output_types_and_batches(pipe):
+    assert run(pipe, output_type="np").shape == (1, 5, 32, 32, 3)
+    pil = run(pipe, output_type="pil")
+    assert len(pil) == 1 and len(pil[0]) == 5 and pil[0][0].size == (32, 32)
+    assert run(pipe, output_type="latent").shape == (1, 8, 2, 4, 4)
+    videos = pipe(["a red circle", "a blue star"], num_videos_per_prompt=2, **SMALL).frames
+    assert videos.shape[0] == 4
+
+
+def test_every_step_runs_in_a_cache_context_per_branch(pipe, monkeypatch):
+    contexts = []
+    original = type(pipe.transformer).cache_context
+
+    def spy(self, name, **kwargs):
+        contexts.append((name, kwargs["step_index"], kwargs["num_inference_steps"]))
+        return original(self, name, **kwargs)
+
+    monkeypatch.setattr(type(pipe.transformer), "cache_context", spy)
+    run(pipe, guidance_scale=4.0)
+    assert contexts == [(branch, i, 3) for i in range(3) for branch in ("cond", "uncond")]
+
+
+def test_callback_sees_every_step_and_can_replace_latents(pipe):
+    steps = []
+
+    def callback(pipeline, i, t, tensors):
+        steps.append(i)
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    zeroed = run(pipe, callback_on_step_end=callback, output_type="latent")
+    assert steps == [0, 1, 2] and zeroed.abs().max() == 0
+
+
+def test_a_diffusers_ddim_scheduler_drops_in(pipe):
+    ddim = TextToVideoPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+                               DDIMScheduler(prediction_type="v_prediction"))
+    ddim.set_progress_bar_config(disable=True)
+    assert run(ddim).shape == (1, 3, 5, 32, 32)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"prompt": "a red circel"}, PromptError, "did you mean circle"),
+    ({"prompt": ""}, PromptError, "empty"),
+    ({"negative_prompt": "a dragon"}, PromptError, "'dragon'"),
+    ({"num_frames": 6}, ShapeError, "not 1+4k"),
+    ({"height": 24}, ShapeError, "multiples of 16"),
+    ({"guidance_scale": 0.5}, ReelkitError, "at least 1"),
+    ({"num_inference_steps": 0}, ReelkitError, "at least 1"),
+    ({"output_type": "gif"}, ReelkitError, "output_type"),
+])
+def test_bad_inputs_raise_clear_errors(pipe, kwargs, error, message):
+    with pytest.raises(error, match=message.replace("+", r"\+")):
+        run(pipe, **kwargs)
+
+
+def test_save_and_load_without_a_vae_folder(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    import shutil
+
+    shutil.rmtree(tmp_path / "p" / "vae")
+    loaded = load_text_to_video(tmp_path / "p", vae=pipe.vae)
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(run(loaded).numpy(), run(pipe).numpy())
+
+
+def test_loading_a_folder_that_is_not_a_pipeline_fails_cleanly(tmp_path):
+    with pytest.raises(ReelkitError, match="no model_index.json"):
+        load_text_to_video(tmp_path)
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(ReelkitError, match="cannot load"):
+        load_text_to_video(tmp_path)

@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from reelkit.errors import ReelkitError
+from reelkit.pipelines.text_to_video import load_text_to_video
+from reelkit.train.latent_cache import LatentCache, build_latent_cache
+from reelkit.train.t2v import run
+from reelkit.vae import CVVAE
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("vae") / "cvvae"
+    CVVAE(block_out_channels=(8, 8, 8, 8), norm_num_groups=4).save_pretrained(folder)
+    return folder
+
+
+def write_config(tmp_path, vae_dir, **overrides):
+    config = {"output_dir": str(tmp_path / "run"), "latent_cache": str(tmp_path / "cache"), "cache_clips": 8,
+              "num_frames": 5, "size": 32, "vae": str(vae_dir),
+              "model": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8},
+              "text_encoder": {"dim": 16, "num_layers": 1, "num_heads": 2},
+              "batch_size": 4, "max_steps": 3, "warmup_steps": 1, "save_every": 2, "log_every": 1, **overrides}
+    path = tmp_path / "t2v.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_trains_exports_a_loadable_pipeline_and_logs_a_loss_curve(tmp_path, tiny_vae_dir):
+    model_dir = run(write_config(tmp_path, tiny_vae_dir))
+    assert {p.name for p in model_dir.iterdir()} == {"model_index.json", "transformer", "text_encoder", "tokenizer",
+                                                      "scheduler"}
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    assert len((tmp_path / "run" / "loss.csv").read_text().splitlines()) == 4  # header + 3 steps
+    pipe = load_text_to_video(model_dir, vae=CVVAE.from_pretrained(tiny_vae_dir))
+    pipe.set_progress_bar_config(disable=True)
+    video = pipe("a red circle moving right", num_frames=5, height=32, width=32, num_inference_steps=2).frames
+    assert video.shape == (1, 3, 5, 32, 32)
+
+
+def test_a_time_limited_run_resumes_from_its_checkpoint(tmp_path, tiny_vae_dir, capsys):
+    import json
+
+    run(write_config(tmp_path, tiny_vae_dir, max_steps=4, time_limit_minutes=0))  # stops after one step
+    state = tmp_path / "run" / "checkpoint" / "trainer_state.json"
+    assert json.loads(state.read_text())["step"] == 1
+    run(write_config(tmp_path, tiny_vae_dir, max_steps=4))
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads(state.read_text())["step"] == 4
+    csv = (tmp_path / "run" / "loss.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in csv[1:]] == ["1", "2", "3", "4"]
+
+
+def test_latent_cache_is_built_once_resumes_and_refuses_other_settings(tmp_path, tiny_vae_dir):
+    vae = CVVAE.from_pretrained(tiny_vae_dir)
+    folder = build_latent_cache(tmp_path / "c", num_clips=6, num_frames=5, size=32, shard_size=4, vae=vae)
+    shards = sorted(folder.glob("shard_*"))
+    assert len(shards) == 2
+    stamp = shards[0].stat().st_mtime_ns
+    build_latent_cache(folder, num_clips=6, num_frames=5, size=32, shard_size=4, vae=vae)
+    assert shards[0].stat().st_mtime_ns == stamp  # kept, not re-encoded
+    cache = LatentCache(folder, sample=False)
+    assert len(cache) == 6 and cache[0]["latent"].shape == (8, 2, 4, 4)
+    assert cache[5]["caption"] and cache[0]["shape"].shape == (2,)
+    with pytest.raises(ReelkitError, match="other settings"):
+        build_latent_cache(folder, num_clips=6, num_frames=9, size=32, shard_size=4, vae=vae)
+    shards[1].write_bytes(b"junk")
+    with pytest.raises(ReelkitError, match="corrupt latent cache shard"):
+        LatentCache(folder)
+    with pytest.raises(ReelkitError, match="not a latent cache"):
+        LatentCache(tmp_path)
+
+
+def test_config_errors_are_one_line(tmp_path, tiny_vae_dir, cli, one_line_error):
+    bad = write_config(tmp_path, tiny_vae_dir, mixed_precision="fp8")
+    assert "mixed_precision" in one_line_error(*cli("train", "t2v", "--config", bad)[::2])
+    bad = write_config(tmp_path, tiny_vae_dir, learning_rat=1.0)
+    assert "unknown config keys learning_rat" in one_line_error(*cli("train", "t2v", "--config", bad)[::2])
+
+
+def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_vae_dir):
+    config = write_config(tmp_path, tiny_vae_dir, max_steps=2)
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "-m", "reelkit", "train", "t2v", "--config", str(config)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout
+    assert (tmp_path / "run" / "model" / "model_index.json").is_file()
