@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/reelkit world render "a red circle moving right and a yellow star spinning on a navy background" \
-		--seed 0 --frames 33 --size 128 -o outputs/demo.mp4 --sheet outputs/demo.png
+	@mkdir -p outputs
+	$(BIN)/reelkit generate "a red circle moving right and a yellow star spinning on a navy background" \
+		--seed 0 -o outputs/demo.mp4 --sheet outputs/demo.png
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -32,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/reelkit bench world --json docs/bench/world.json
 	$(BIN)/reelkit bench vae --json docs/bench/vae.json --repeats 3
+	$(BIN)/reelkit bench generate --json docs/bench/generate.json --repeats 3
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory):
 def judge_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "judge"
     torch.manual_seed(0)
-    WorldJudge(channels=(8, 8, 16), feature_dim=8).save_pretrained(folder)
+    WorldJudge(channels=(8, 8, 8, 16), feature_dim=8).save_pretrained(folder)
     return folder
 
 

@@ -29,7 +29,9 @@ def shared_data_clips() -> list[Path]:
 
 
 def bundled_models() -> list[str]:
-    """Names of the checkpoints shipped in ``reelkit/assets`` (folders holding a diffusers config)."""
+    """Names of the checkpoints shipped in ``reelkit/assets``: folders holding a diffusers model config or a
+    pipeline index."""
     if not ASSETS_DIR.is_dir():
         return []
-    return sorted(p.parent.relative_to(ASSETS_DIR).as_posix() for p in ASSETS_DIR.rglob("config.json"))
+    return sorted(p.name for p in ASSETS_DIR.iterdir()
+                  if (p / "config.json").is_file() or (p / "model_index.json").is_file())

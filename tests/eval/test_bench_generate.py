@@ -13,7 +13,7 @@ from reelkit.pipelines.text_to_video import tiny_pipeline
 def tiny_suite(monkeypatch):
     def judge():
         torch.manual_seed(0)
-        return WorldJudge(channels=(8, 8, 16), feature_dim=8).eval()
+        return WorldJudge(channels=(8, 8, 8, 16), feature_dim=8).eval()
 
     monkeypatch.setattr(suite, "PIPELINE", tiny_pipeline)
     monkeypatch.setattr(suite, "JUDGE", judge)

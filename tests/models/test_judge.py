@@ -8,7 +8,7 @@ from reelkit.train.judge import degrade, judge_loss
 
 def tiny_judge() -> WorldJudge:
     torch.manual_seed(0)
-    return WorldJudge(channels=(8, 8, 16), feature_dim=16).eval()
+    return WorldJudge(channels=(8, 8, 8, 16), feature_dim=16).eval()
 
 
 def test_reads_any_clip_size_and_length_into_two_object_slots():
@@ -28,7 +28,7 @@ def test_judge_clips_lists_the_objects_it_counts():
 def test_loss_ignores_absent_objects_and_learns_a_batch():
     batch = next(iter(torch.utils.data.DataLoader(WorldDataset("train", num_frames=9, size=64, length=8),
                                                   batch_size=8)))
-    judge = WorldJudge(channels=(8, 16, 16), feature_dim=32).train()
+    judge = WorldJudge(channels=(8, 8, 16, 16), feature_dim=32).train()
     optimizer = torch.optim.Adam(judge.parameters(), lr=3e-3)
     first = None
     for _ in range(30):

@@ -8,7 +8,7 @@ slot 1 is the lower one.
 
 >>> import torch
 >>> from reelkit.models.judge import WorldJudge
->>> judge = WorldJudge(channels=(8, 8, 16), feature_dim=32).eval()
+>>> judge = WorldJudge(channels=(8, 8, 8, 16), feature_dim=32).eval()
 >>> out = judge(torch.rand(2, 3, 17, 64, 64) * 2 - 1)   # any clip; read as 9 frames at 64 px
 >>> out.shape.shape, out.color.shape, out.features.shape   # (B, slots, classes), (B, feature_dim)
 (torch.Size([2, 2, 6]), torch.Size([2, 2, 8]), torch.Size([2, 32]))
@@ -44,7 +44,8 @@ class JudgeOutput:
 
 
 def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(min(8, cout // 4), cout), nn.SiLU())
+    # BatchNorm: on this task it learns colour and motion several times faster than GroupNorm
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.SiLU())
 
 
 class _TemporalBlock(nn.Module):
@@ -67,15 +68,14 @@ class WorldJudge(ModelMixin, ConfigMixin):
     per-object shape, colour and motion logits."""
 
     @register_to_config
-    def __init__(self, channels: tuple[int, int, int] = (32, 64, 96), feature_dim: int = 256,
+    def __init__(self, channels: tuple[int, int, int, int] = (16, 32, 64, 96), feature_dim: int = 256,
                  num_frames: int = 9, size: int = 64):
         super().__init__()
-        c1, c2, c3 = channels
-        # pixel-unshuffle first: the frame encoder works at half resolution with 4x the channels; it is deep
-        # enough at 1/8 resolution that shared filters see whole objects (shape is the hard attribute)
+        c0, c1, c2, c3 = channels
+        # a full-resolution stem (shape lives in 1-2 px details), then two convs per scale down to 1/8
         self.frame_encoder = nn.Sequential(
-            nn.PixelUnshuffle(2), _conv_block(12, c1), _conv_block(c1, c1), _conv_block(c1, c2, 2),
-            _conv_block(c2, c2), _conv_block(c2, c3, 2), _conv_block(c3, c3), _conv_block(c3, c3))
+            _conv_block(3, c0), _conv_block(c0, c1, 2), _conv_block(c1, c1), _conv_block(c1, c2, 2),
+            _conv_block(c2, c2), _conv_block(c2, c3, 2), _conv_block(c3, c3))
         self.temporal = nn.Sequential(_TemporalBlock(c3, 2), _TemporalBlock(c3, 2))
         # 2 rows: the world's upper and lower object bands. Max pooling keeps a small object's shape evidence
         # whole wherever it sits; averaging keeps where it moves.

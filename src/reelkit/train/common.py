@@ -147,3 +147,62 @@ def autocast(mixed_precision: str, device):
         if device.type == "cpu":
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
     return stack
+
+
+def start_run(config):
+    """The opening every recipe shares: threads, an ``Accelerator`` (gloo across CPU processes when there
+    is no CUDA), the seed (offset per process), and ``output_dir`` with the run's ``config.yaml``.
+    Returns ``(accelerator, output_dir)``."""
+    import dataclasses
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(config.seed, device_specific=True)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    return accelerator, output_dir
+
+
+class StepClock:
+    """Seconds per step over each logging window, and the run's time limit."""
+
+    def __init__(self, time_limit_minutes: float | None):
+        import time
+
+        self._now = time.monotonic
+        self.started = self.tick = self._now()
+        self.window = 0
+        self.time_limit_minutes = time_limit_minutes
+
+    def step(self) -> None:
+        self.window += 1
+
+    def seconds_per_step(self) -> float:
+        """Mean over the steps since the last call."""
+        now = self._now()
+        value = (now - self.tick) / max(self.window, 1)
+        self.tick, self.window = now, 0
+        return value
+
+    def out_of_time(self) -> bool:
+        return self.time_limit_minutes is not None and self._now() - self.started > 60 * self.time_limit_minutes
+
+
+def checkpoint_when_due(accelerator, config, output_dir: Path, step: int, clock: StepClock) -> tuple[bool, bool]:
+    """Checkpoint every ``save_every`` steps, at ``max_steps`` and when the time limit is reached.
+
+    Returns ``(saved, stop)``; ``stop`` is true once the time limit ends the run."""
+    stop = clock.out_of_time()
+    saved = step % config.save_every == 0 or step == config.max_steps or stop
+    if saved:
+        save_checkpoint(accelerator, output_dir, step)
+    if stop:
+        accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
+    return saved, stop

@@ -12,15 +12,20 @@ Launch::
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
-from reelkit.train.common import autocast, check_mixed_precision, load_checkpoint, save_checkpoint
+from reelkit.train.common import (
+    StepClock,
+    autocast,
+    check_mixed_precision,
+    checkpoint_when_due,
+    load_checkpoint,
+    start_run,
+)
 
 
 @dataclass
@@ -82,22 +87,13 @@ def judge_loss(output, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
 
 def train(config: JudgeTrainConfig) -> Path:
     """Run the recipe; return ``output_dir/model``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from torch.utils.data import DataLoader
 
     from reelkit.data.datasets import WorldStream
     from reelkit.models.judge import WorldJudge
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    set_seed(config.seed, device_specific=True)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    accelerator, output_dir = start_run(config)
     judge = WorldJudge(**config.model, num_frames=config.num_frames, size=config.size)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=config.learning_rate, weight_decay=0.05)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
@@ -109,8 +105,7 @@ def train(config: JudgeTrainConfig) -> Path:
     if step:
         accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    started = tick = time.monotonic()
-    window = 0
+    clock = StepClock(config.time_limit_minutes)
     batches = iter(loader)
     while step < config.max_steps:
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
@@ -124,19 +119,12 @@ def train(config: JudgeTrainConfig) -> Path:
         optimizer.step()
         scheduler.step()
         step += 1
-        window += 1
+        clock.step()
         if step % config.log_every == 0:
-            now = time.monotonic()
             figures = " ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
             accelerator.print(f"step {step} loss {loss.item():.4f} acc {figures} "
-                              f"{(now - tick) / window:.2f} s/step", flush=True)
-            tick, window = now, 0
-        out_of_time = (config.time_limit_minutes is not None
-                       and time.monotonic() - started > 60 * config.time_limit_minutes)
-        if step % config.save_every == 0 or step == config.max_steps or out_of_time:
-            save_checkpoint(accelerator, output_dir, step)
-        if out_of_time:
-            accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
+                              f"{clock.seconds_per_step():.2f} s/step", flush=True)
+        if checkpoint_when_due(accelerator, config, output_dir, step, clock)[1]:
             break
     model_dir = output_dir / "model"
     if accelerator.is_main_process:

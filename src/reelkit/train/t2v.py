@@ -21,15 +21,21 @@ bundled one).
 from __future__ import annotations
 
 import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
-from reelkit.train.common import autocast, check_mixed_precision, load_checkpoint, load_config, save_checkpoint
+from reelkit.train.common import (
+    StepClock,
+    autocast,
+    check_mixed_precision,
+    checkpoint_when_due,
+    load_checkpoint,
+    load_config,
+    start_run,
+)
 
 
 @dataclass
@@ -132,8 +138,6 @@ def build_components(config: T2VTrainConfig):
 
 def train(config: T2VTrainConfig) -> Path:
     """Run the recipe; return the pipeline folder ``output_dir/model``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
@@ -143,15 +147,9 @@ def train(config: T2VTrainConfig) -> Path:
     from reelkit.train.latent_cache import LatentCache, build_latent_cache
     from reelkit.vae import load_cvvae
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    set_seed(config.seed, device_specific=True)
-    output_dir = Path(config.output_dir)
+    accelerator, output_dir = start_run(config)
     vae = load_cvvae(config.vae)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
         build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=vae,
                            progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
     accelerator.wait_for_everyone()
@@ -190,8 +188,8 @@ def train(config: T2VTrainConfig) -> Path:
             yield from loader
             epoch += 1
 
-    started = tick = time.monotonic()
-    window, window_loss = 0, 0.0
+    clock = StepClock(config.time_limit_minutes)
+    window_loss = 0.0
     stream = batches()
     while step < config.max_steps:
         batch = next(stream)
@@ -208,26 +206,21 @@ def train(config: T2VTrainConfig) -> Path:
         scheduler.step()
         ema.step(accelerator.unwrap_model(denoiser).parameters())
         step += 1
-        window += 1
+        clock.step()
         window_loss += loss.item()
         if step % config.log_every == 0 or step == config.max_steps:
-            now = time.monotonic()
-            mean_loss = window_loss / window
+            mean_loss = window_loss / clock.window
             lr = scheduler.get_last_lr()[0]
-            accelerator.print(f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {(now - tick) / window:.2f} s/step",
-                              flush=True)
+            seconds = clock.seconds_per_step()
+            accelerator.print(f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {seconds:.2f} s/step", flush=True)
             if accelerator.is_main_process:
                 with csv_path.open("a") as handle:
-                    handle.write(f"{step},{mean_loss:.6f},{lr:.3e},{(now - tick) / window:.3f}\n")
-            tick, window, window_loss = now, 0, 0.0
-        out_of_time = (config.time_limit_minutes is not None
-                       and time.monotonic() - started > 60 * config.time_limit_minutes)
-        if step % config.save_every == 0 or step == config.max_steps or out_of_time:
-            save_checkpoint(accelerator, output_dir, step)
-            if accelerator.is_main_process:
-                plot_losses(csv_path, output_dir / "loss.png")
-        if out_of_time:
-            accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
+                    handle.write(f"{step},{mean_loss:.6f},{lr:.3e},{seconds:.3f}\n")
+            window_loss = 0.0
+        saved, stop = checkpoint_when_due(accelerator, config, output_dir, step, clock)
+        if saved and accelerator.is_main_process:
+            plot_losses(csv_path, output_dir / "loss.png")
+        if stop:
             break
 
     model_dir = output_dir / "model"

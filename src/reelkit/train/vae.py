@@ -20,17 +20,15 @@ The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it;
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from reelkit.conventions import batch_to_frames, frames_to_batch
 from reelkit.errors import ReelkitError
-from reelkit.train.common import load_checkpoint, load_config, save_checkpoint
+from reelkit.train.common import StepClock, checkpoint_when_due, load_checkpoint, load_config, start_run
 
 STAGES = ("image_vae", "cvvae")
 
@@ -107,8 +105,6 @@ def latent_scaling_factor(vae, batch: torch.Tensor) -> float:
 
 def train(config: VaeTrainConfig) -> Path:
     """Run the recipe; return the folder of the trained model (``output_dir/model``)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from torch.utils.data import DataLoader
 
@@ -122,14 +118,7 @@ def train(config: VaeTrainConfig) -> Path:
         psi,
     )
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
-    set_seed(config.seed, device_specific=True)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    accelerator, output_dir = start_run(config)
 
     vae, image_vae = build_models(config)
     autoencoder = Autoencode(vae)
@@ -161,8 +150,7 @@ def train(config: VaeTrainConfig) -> Path:
     last_layer = model.decoder.conv_out.weight
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
 
-    started = time.monotonic()
-    tick, window = time.monotonic(), 0
+    clock = StepClock(config.time_limit_minutes)
     batches = iter(loader)
     while step < config.max_steps:
         video = next(batches).to(accelerator.device)  # (B, C, T, H, W)
@@ -199,20 +187,13 @@ def train(config: VaeTrainConfig) -> Path:
             optimizer.step()
             scheduler.step()
         step += 1
-        window += 1
+        clock.step()
         if step % config.log_every == 0 or step == config.max_steps:
             psnr = -10 * math.log10(max(F.mse_loss(reconstruction.detach(), x).item() / 4, 1e-10))
-            now = time.monotonic()
             figures = " ".join(f"{k} {v.item():.4f}" for k, v in losses.items())
             accelerator.print(f"step {step} {figures} psnr {psnr:.2f} lr {scheduler.get_last_lr()[0]:.2e} "
-                              f"{(now - tick) / window:.2f} s/step", flush=True)
-            tick, window = now, 0
-        out_of_time = (config.time_limit_minutes is not None
-                       and time.monotonic() - started > 60 * config.time_limit_minutes)
-        if step % config.save_every == 0 or step == config.max_steps or out_of_time:
-            save_checkpoint(accelerator, output_dir, step)
-        if out_of_time:
-            accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
+                              f"{clock.seconds_per_step():.2f} s/step", flush=True)
+        if checkpoint_when_due(accelerator, config, output_dir, step, clock)[1]:
             break
 
     model_dir = output_dir / "model"
