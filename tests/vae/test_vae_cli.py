@@ -120,4 +120,4 @@ def test_export_writes_fp16_safetensors_that_load_back(cli, model_dirs, tmp_path
 
     assert load_cvvae(tmp_path / "bundle_CVVAE").dtype == torch.float32  # loaded for CPU inference
     line = one_line_error(*cli("train", "export", tmp_path, "-o", tmp_path / "x")[::2])
-    assert "not a trained VAE folder" in line
+    assert "not a trained model folder" in line
