@@ -391,11 +391,8 @@ def vae_decode(
 
 def _load_generator(model: str | None):
     """The pipeline ``--model`` names: a pipeline folder, or ``teacher`` / nothing for the bundled teacher."""
-    from diffusers.utils import logging as diffusers_logging
-
     from reelkit.pipelines.text_to_video import load_text_to_video
 
-    diffusers_logging.disable_progress_bar()
     pipe = load_text_to_video(None if model in (None, "teacher") else model)
     pipe.set_progress_bar_config(disable=True)
     return pipe

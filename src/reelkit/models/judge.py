@@ -84,8 +84,13 @@ class WorldJudge(ModelMixin, ConfigMixin):
         self.project = nn.Sequential(nn.Linear(2 * c3 * 12, feature_dim), nn.SiLU(),
                                      nn.Linear(feature_dim, feature_dim))
         self.heads = nn.ModuleDict({name: nn.Linear(feature_dim, MAX_OBJECTS * len(values))
-                                    for name, values in ATTRIBUTES.items()})
+                                    for name, values in ATTRIBUTES.items() if name != "shape"})
         self.count_head = nn.Linear(feature_dim, MAX_OBJECTS)
+        # Shape is read where the object is: per-position shape evidence on each frame's features, pooled
+        # with an objectness attention over the frame (one object) or over its band (upper / lower of two).
+        # Position-invariant evidence learns shape far faster than a head on globally pooled features.
+        self.shape_evidence = nn.Conv2d(c3, len(ATTRIBUTES["shape"]), 1)
+        self.objectness = nn.Conv2d(c3, 1, 1)
 
     def resample(self, video: torch.Tensor) -> torch.Tensor:
         """Bring any clip to the judge's frame count and size (trilinear)."""
@@ -95,6 +100,23 @@ class WorldJudge(ModelMixin, ConfigMixin):
         # align_corners: 17 frames -> 9 takes every other frame exactly
         return F.interpolate(video, size=target, mode="trilinear", align_corners=True)
 
+    def _shape_logits(self, frames: torch.Tensor, batch: int, count_probs: torch.Tensor) -> torch.Tensor:
+        """Per-slot shape logits ``(B, 2, shapes)`` from frame features ``(B*T, C, h, w)``."""
+        evidence = batch_to_frames(self.shape_evidence(frames), batch).flatten(2)  # (B, shapes, T*h*w)
+        objectness = batch_to_frames(self.objectness(frames), batch)  # (B, 1, T, h, w)
+        rows = torch.arange(objectness.shape[3], device=frames.device)
+        upper = (rows < objectness.shape[3] / 2).view(1, 1, 1, -1, 1).expand_as(objectness)
+
+        def pooled(region: torch.Tensor | None) -> torch.Tensor:
+            logits = objectness if region is None else objectness.masked_fill(~region, float("-inf"))
+            weights = torch.softmax(logits.flatten(2).float(), dim=-1).to(evidence.dtype)  # (B, 1, T*h*w)
+            return (evidence * weights).sum(-1)  # (B, shapes)
+
+        whole, top, bottom = pooled(None), pooled(upper), pooled(~upper)
+        one, two = count_probs.detach().unbind(-1)  # the only object is anywhere; of two, slot 0 is the upper
+        first = one[:, None] * whole + two[:, None] * top
+        return torch.stack([first, bottom], dim=1)
+
     def forward(self, video: torch.Tensor) -> JudgeOutput:
         video = self.resample(video.to(self.dtype))
         frames = self.frame_encoder(frames_to_batch(video))  # (B*T, c3, H/8, W/8)
@@ -103,7 +125,9 @@ class WorldJudge(ModelMixin, ConfigMixin):
         features = self.project(pooled)  # (B, feature_dim)
         hidden = F.silu(features)
         logits = {name: head(hidden).view(len(video), MAX_OBJECTS, -1) for name, head in self.heads.items()}
-        return JudgeOutput(**logits, num_objects=self.count_head(hidden), features=features)
+        num_objects = self.count_head(hidden)
+        logits["shape"] = self._shape_logits(frames, len(video), torch.softmax(num_objects.float(), -1))
+        return JudgeOutput(**logits, num_objects=num_objects, features=features)
 
 
 def load_judge(path: str | None = None) -> WorldJudge:

@@ -222,6 +222,9 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
     if vae is None and not (path / "vae").is_dir():
         vae = load_cvvae(dtype=dtype)
     extra = {"vae": vae} if vae is not None else {}
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # the component-loading bar is noise for a 5-part local folder
     try:
         pipe = TextToVideoPipeline.from_pretrained(path, dtype=dtype, **extra)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as error:
@@ -230,6 +233,7 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
         raise ReelkitError(f"{path}: its transformer is not a VideoDiT-like model")
     for model in (pipe.transformer, pipe.text_encoder, pipe.vae):
         model.eval()
+    diffusers_logging.enable_progress_bar()
     return pipe
 
 
