@@ -24,6 +24,7 @@ from reelkit.train.common import (
     check_mixed_precision,
     checkpoint_when_due,
     load_checkpoint,
+    load_config,
     start_run,
 )
 
@@ -136,6 +137,4 @@ def train(config: JudgeTrainConfig) -> Path:
 
 
 def run(config_path: str | Path, **overrides) -> Path:
-    from reelkit.train.common import load_config
-
     return train(load_config(JudgeTrainConfig, config_path, **overrides))
