@@ -36,6 +36,7 @@ def one_line_error():
         assert code == 2, err
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert "Traceback" not in err
         return lines[0]
 
     return check

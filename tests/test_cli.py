@@ -7,14 +7,6 @@ import pytest
 from reelkit.data.video_io import probe_video, read_video
 
 
-def one_line_error(code, err):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def test_world_render_writes_an_mp4_with_the_requested_shape(cli, tmp_path):
     out = tmp_path / "clip.mp4"
     code, stdout, _ = cli("world", "render", "a red circle moving right", "--seed", "0", "--frames", "17",
@@ -57,14 +49,14 @@ def test_frame_counts_round_down_with_a_notice(cli, tmp_path):
     (["bench", "nosuite"], "unknown bench suite 'nosuite'; known suites: generate, vae, world"),
     (["bench", "world", "--json", "out.txt"], "must end in .json"),
 ])
-def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, needle):
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, needle, one_line_error):
     monkeypatch.chdir(tmp_path)
     line = one_line_error(*cli(*args)[::2])
     assert needle in line
     assert not (tmp_path / "clip.avi").exists()
 
 
-def test_empty_and_corrupt_files(cli, tmp_path):
+def test_empty_and_corrupt_files(cli, tmp_path, one_line_error):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "junk.webm").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(500))
     assert "empty" in one_line_error(*cli("video", "info", tmp_path / "empty.mp4")[::2])

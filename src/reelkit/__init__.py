@@ -5,4 +5,3 @@ Conventions (docs/architecture.md): pixel videos are ``(B, C, T, H, W)`` floats 
 """
 
 __version__ = "0.1.0"
-

@@ -6,13 +6,6 @@ from reelkit.data.video_io import read_video, write_frames, write_video
 from reelkit.data.world import render_clip
 
 
-def one_line_error(code, err):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 @pytest.fixture
 def clip_file(tmp_path):
     path = tmp_path / "in.mp4"
@@ -65,7 +58,7 @@ def test_encode_then_decode_round_trip(cli, clip_file, model_dirs, tmp_path):
     assert read_video(tmp_path / "i.mp4").shape[1] == 5
 
 
-def test_bad_inputs_exit_2_with_one_line(cli, clip_file, model_dirs, tmp_path):
+def test_bad_inputs_exit_2_with_one_line(cli, clip_file, model_dirs, tmp_path, one_line_error):
     image_dir, cvvae_dir = model_dirs
     line = one_line_error(*cli("vae", "reconstruct", clip_file, "-o", tmp_path / "o.mp4", "--model", image_dir)[::2])
     assert "not a CVVAE" in line
@@ -85,7 +78,7 @@ def test_bad_inputs_exit_2_with_one_line(cli, clip_file, model_dirs, tmp_path):
     assert "multiple of 4" in line
 
 
-def test_decode_refuses_latents_that_do_not_fit_the_model(cli, model_dirs, tmp_path):
+def test_decode_refuses_latents_that_do_not_fit_the_model(cli, model_dirs, tmp_path, one_line_error):
     _, cvvae_dir = model_dirs
     save_file({"latents": torch.zeros(4, 2, 4, 4)}, str(tmp_path / "four.safetensors"))
     line = one_line_error(*cli("vae", "decode", tmp_path / "four.safetensors", "-o", tmp_path / "o.mp4",
@@ -100,12 +93,12 @@ def test_decode_refuses_latents_that_do_not_fit_the_model(cli, model_dirs, tmp_p
                         "--model", cvvae_dir)[::2])
 
 
-def test_train_vae_bad_config_exits_2(cli, tmp_path):
+def test_train_vae_bad_config_exits_2(cli, tmp_path, one_line_error):
     line = one_line_error(*cli("train", "vae", "--config", tmp_path / "absent.yaml")[::2])
     assert "no such config file" in line
 
 
-def test_export_writes_fp16_safetensors_that_load_back(cli, model_dirs, tmp_path):
+def test_export_writes_fp16_safetensors_that_load_back(cli, model_dirs, tmp_path, one_line_error):
     image_dir, cvvae_dir = model_dirs
     for source, name in ((cvvae_dir, "CVVAE"), (image_dir, "AutoencoderKL")):
         out = tmp_path / f"bundle_{name}"
