@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH_SOURCE) -c constraints.txt torch
-	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev,bench]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/reelkit bench world --json docs/bench/world.json
 	$(BIN)/reelkit bench vae --json docs/bench/vae.json --repeats 3
 	$(BIN)/reelkit bench generate --json docs/bench/generate.json --repeats 3
+	$(BIN)/reelkit bench cache --json docs/bench/cache.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

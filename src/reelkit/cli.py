@@ -42,6 +42,8 @@ app.add_typer(train_app, name="train")
 app.add_typer(vae_app, name="vae")
 eval_app = typer.Typer(help="Evaluate clips: prompt adherence read by the demo-world judge.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+calibrate_app = typer.Typer(help="Calibrate training-free accelerators on a few prompts.", no_args_is_help=True)
+app.add_typer(calibrate_app, name="calibrate")
 
 
 @contextmanager
@@ -415,6 +417,11 @@ def generate(
     negative_prompt: Annotated[str | None, typer.Option(help="Steer away from this (default: empty).")] = None,
     fps: Annotated[float, typer.Option(help="Frame rate of the written files.")] = 8.0,
     sheet: Annotated[Path | None, typer.Option(help="Also save a contact-sheet PNG here (single prompt).")] = None,
+    cache: Annotated[str | None, typer.Option(help="Training-free caching: adacache, adacache-fast or "
+                                              "adacache-slow.")] = None,
+    moreg: Annotated[bool, typer.Option("--moreg", help="AdaCache: motion regularisation.")] = False,
+    codebook: Annotated[Path | None, typer.Option(help="AdaCache: a codebook from 'reelkit calibrate adacache' "
+                                                  "(implies --cache adacache).")] = None,
 ) -> None:
     """Generate a video from a prompt (or one per line of --prompts) with the text-to-video model."""
     import time
@@ -445,16 +452,30 @@ def generate(
             raise ReelkitError(f"{output.parent}: no such folder for the output")
         if sheet is not None:
             _check_output(sheet, (".png",))
+    cache_config = _cache_config(cache, moreg, codebook)
     pipe = _load_generator(model)
+    if cache_config is not None:
+        from reelkit.accel.adacache import apply_ada_cache
+
+        apply_ada_cache(pipe.transformer, cache_config)
     if batch:
         rank, world_size = process_shard()
         mine = len(range(rank, len(prompt_list), world_size))
+        totals = [0, 0]
+
+        def on_clip(path):
+            advance()
+            if cache_config is not None:
+                totals[0], totals[1] = totals[0] + _cache_steps(pipe)[0], totals[1] + _cache_steps(pipe)[1]
+
         with progress_bars() as task:
             advance = task(f"process {rank}/{world_size}: clips", mine)
-            written = generate_batch(pipe, prompt_list, out_dir, settings, rank, world_size,
-                                     on_clip=lambda _: advance())
+            written = generate_batch(pipe, prompt_list, out_dir, settings, rank, world_size, on_clip=on_clip)
         console.print(f"process {rank}/{world_size}: wrote {len(written)} clip(s) to {out_dir}, "
                       f"skipped {mine - len(written)} already there")
+        if cache_config is not None and written:
+            console.print(f"adacache: {totals[0]} denoiser calls computed, {totals[1]} reused over "
+                          f"{len(written)} clip(s)")
         return
     pipe.check_inputs(prompt, negative_prompt, frames, size, size, steps, guidance, "pt")
     started = time.perf_counter()
@@ -466,6 +487,86 @@ def generate(
         contact_sheet(video, sheet)
     console.print(f"wrote {output} ({frames} frames, {size}x{size}, {steps} steps, guidance {guidance:g}, "
                   f"seed {seed}) in {elapsed:.1f} s")
+    if cache_config is not None:
+        from reelkit.accel.adacache import ada_cache_stats, format_stats
+
+        console.print(f"adacache: {format_stats(ada_cache_stats(pipe.transformer))}")
+
+
+def _cache_config(cache: str | None, moreg: bool, codebook: Path | None):
+    """The AdaCache configuration the generate options ask for, or None for no cache."""
+    from reelkit.accel.adacache import AdaCacheConfig, Codebook
+
+    names = {"adacache": "fast", "adacache-fast": "fast", "adacache-slow": "slow"}
+    if cache is None and codebook is None:
+        if moreg:
+            raise ReelkitError("--moreg needs --cache adacache (or --codebook)")
+        return None
+    if cache is not None and cache not in names:
+        raise ReelkitError(f"unknown --cache {cache!r}; choose one of {', '.join(names)}")
+    if codebook is None:
+        return AdaCacheConfig(codebook=names[cache], moreg=moreg)
+    if cache not in (None, "adacache"):
+        raise ReelkitError(f"--codebook replaces the {cache} preset; use --cache adacache or leave --cache out")
+    book = Codebook.load(codebook)
+    centre = json.loads(codebook.read_text()).get("moreg_centre")
+    return AdaCacheConfig(codebook=book, moreg=moreg, **({"moreg_centre": centre} if centre else {}))
+
+
+def _cache_steps(pipe) -> tuple[int, int]:
+    """Computed and reused denoiser calls of the last generation, over all cache contexts."""
+    from reelkit.accel.adacache import ada_cache_stats
+
+    stats = ada_cache_stats(pipe.transformer).values()
+    return sum(sum(s.computed) for s in stats), sum(sum(s.reused) for s in stats)
+
+
+# --------------------------------------------------------------------------------------------- calibrate
+
+@calibrate_app.command("adacache")
+def calibrate_adacache(
+    prompts: Annotated[Path, typer.Option("--prompts", help="Calibration prompts, one per line (a few suffice).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Codebook JSON to write.")] = Path("codebook.json"),
+    target_psnr: Annotated[float, typer.Option(help="Mean PSNR (dB) the cached videos must keep against the "
+                                               "uncached ones.")] = 30.0,
+    model: Annotated[str | None, typer.Option(help="'teacher' (default) or a pipeline folder.")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps the codebook is for.")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
+    frames: Annotated[int, typer.Option(help="Frame count, 1+4k.")] = 17,
+    size: Annotated[int, typer.Option(help="Height and width, a multiple of 16.")] = 64,
+    seed: Annotated[int, typer.Option(help="Noise seed of the first prompt (then seed + line index).")] = 0,
+    moreg: Annotated[bool, typer.Option("--moreg", help="Calibrate for AdaCache with motion regularisation "
+                                        "(also re-centres it on this model).")] = False,
+) -> None:
+    """Find the fastest AdaCache codebook that keeps --target-psnr on these prompts; use it with
+    'reelkit generate --codebook'."""
+    from reelkit.accel.adacache import AdaCacheConfig
+    from reelkit.accel.calibrate import calibrate_ada_cache
+    from reelkit.conventions import is_valid_frame_count
+    from reelkit.generation import GenerationSettings, read_prompts
+
+    prompt_list = read_prompts(prompts)
+    if not is_valid_frame_count(frames):
+        raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
+    if steps < 6:
+        raise ReelkitError(f"--steps must be at least 6 for a codebook to have room to reuse, got {steps}")
+    if not 0 < target_psnr < 100:
+        raise ReelkitError(f"--target-psnr must be between 0 and 100 dB, got {target_psnr:g}")
+    _check_output(output, (".json",))
+    if not output.parent.is_dir():
+        raise ReelkitError(f"{output.parent}: no such folder for the output")
+    pipe = _load_generator(model)
+    for line in prompt_list:
+        pipe.check_inputs(line, None, frames, size, size, steps, guidance, "pt")
+    settings = GenerationSettings(steps=steps, guidance=guidance, seed=seed, frames=frames, size=size)
+    result = calibrate_ada_cache(pipe, prompt_list, target_psnr, settings, AdaCacheConfig(moreg=moreg),
+                                 progress=lambda message: console.print(message))
+    result.save(output, target_psnr=target_psnr, steps=steps, guidance=guidance, frames=frames, size=size,
+                model=model or "teacher", prompts=prompt_list, moreg=moreg)
+    verdict = "meets" if result.met_target else "MISSES (closest candidate kept)"
+    console.print(f"wrote {output}: {result.psnr_db:.2f} dB ({verdict} {target_psnr:g} dB), "
+                  f"{result.computed_fraction:.0%} of steps computed; "
+                  f"use it with: reelkit generate ... --codebook {output}")
 
 
 # --------------------------------------------------------------------------------------------- eval

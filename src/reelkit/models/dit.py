@@ -137,7 +137,15 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
             block.scale_shift_table.data[2::3].zero_()  # gates
 
     def positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
-        """Sinusoidal embeddings ``(T*S, C)``: a 2D grid within frames plus a 1D one over frames."""
+        """Sinusoidal embeddings ``(T*S, C)``: a 2D grid within frames plus a 1D one over frames (memoised:
+        building them costs as much as a few blocks at demo sizes, and cached steps would pay it each time)."""
+        key = (num_frames, height, width, self.device)
+        cache = self.__dict__.setdefault("_positions_cache", {})
+        if key not in cache:
+            cache[key] = self._positions(num_frames, height, width)
+        return cache[key]
+
+    def _positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
         dim = self.config.num_attention_heads * self.config.attention_head_dim
         base = max(1, self.config.sample_size // self.config.patch_size)
         spatial = get_2d_sincos_pos_embed(dim, (height, width), base_size=base, device=self.device)  # (S, C)

@@ -57,6 +57,11 @@ class TextToVideoPipeline(DiffusionPipeline):
         """Heights and widths must be multiples of this: the VAE's factor times the transformer's patch."""
         return self.vae.spatial_compression * self.transformer.config.patch_size
 
+    @property
+    def current_timestep(self):
+        """The timestep of the denoising step in progress (None outside a generation)."""
+        return getattr(self, "_current_timestep", None)
+
     def check_inputs(self, prompt, negative_prompt, num_frames: int, height: int, width: int,
                      num_inference_steps: int, guidance_scale: float, output_type: str) -> list[str]:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -152,6 +157,7 @@ class TextToVideoPipeline(DiffusionPipeline):
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
+                self._current_timestep = t  # diffusers' timestep-driven caches (PAB, FasterCache) read it
                 model_input = (self.scheduler.scale_model_input(latents, t)
                                if hasattr(self.scheduler, "scale_model_input") else latents)
                 noise_pred = self.predict(model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale, i,
@@ -167,6 +173,7 @@ class TextToVideoPipeline(DiffusionPipeline):
                     negative_prompt_embeds = updates.get("negative_prompt_embeds", negative_prompt_embeds)
                 progress_bar.update()
 
+        self._current_timestep = None
         if output_type == "latent":
             frames = latents
         else:

@@ -34,6 +34,7 @@ SUITES: dict[str, str] = {
     "world": "reelkit.eval.bench.world",
     "vae": "reelkit.eval.bench.vae",
     "generate": "reelkit.eval.bench.generate",
+    "cache": "reelkit.eval.bench.cache",
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
 

@@ -1,0 +1,73 @@
+"""The one place reelkit's accelerators touch diffusers' hook internals.
+
+diffusers' hook API (``ModelHook``, ``HookRegistry``, ``StateManager``, ``CacheContext``) is public
+but young: attribute names moved between releases. Every accelerator imports it from here, so a
+diffusers upgrade is mended in this file alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks.hooks import BaseState, CacheContext, HookRegistry, ModelHook, StateManager, _set_cache_context
+
+# hooks that diffusers' own caches register; reelkit refuses to stack on top of them
+DIFFUSERS_CACHE_HOOKS = (
+    "faster_cache_denoiser", "faster_cache_block", "fbc_leader_block_hook", "fbc_block_hook",
+    "mag_cache_leader_block_hook", "mag_cache_block_hook", "pyramid_attention_broadcast",
+    "taylorseer_cache", "sea_cache_root", "sea_cache_block", "sea_cache_leader_block",
+)
+
+
+def registry_of(module: torch.nn.Module) -> HookRegistry:
+    return HookRegistry.check_if_exists_or_initialize(module)
+
+
+def hook_names(module: torch.nn.Module) -> set[str]:
+    """Names of every diffusers hook registered on ``module`` or any of its submodules."""
+    names = set()
+    for submodule in module.modules():
+        registry = getattr(submodule, "_diffusers_hook", None)
+        if registry is not None:
+            names.update(registry.hooks)
+    return names
+
+
+def active_cache(module: torch.nn.Module, own_hooks: tuple[str, ...] = ()) -> str | None:
+    """A short description of a cache already applied to ``module`` (diffusers' or cache-dit's), or None."""
+    config = getattr(module, "_cache_config", None)
+    if config is not None:
+        return type(config).__name__
+    foreign = sorted(name for name in hook_names(module) - set(own_hooks) if name in DIFFUSERS_CACHE_HOOKS)
+    if foreign:
+        return f"diffusers hooks {', '.join(foreign)}"
+    if getattr(module, "_is_cached", False):
+        return "cache-dit"
+    return None
+
+
+def remove_hooks(module: torch.nn.Module, *names: str) -> None:
+    registry = registry_of(module)
+    for name in names:
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
+
+
+def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+    registry_of(module).register_hook(hook, name)
+
+
+def invalidate(module: torch.nn.Module) -> None:
+    registry_of(module).invalidate_child_registries_cache()
+
+
+def current_context(state_manager: StateManager) -> CacheContext | None:
+    """The cache context a pipeline entered (``model.cache_context(...)``), or None outside one."""
+    return state_manager._context
+
+
+def set_cache_context(module: torch.nn.Module, context: CacheContext | None) -> None:
+    _set_cache_context(module, context)
+
+
+__all__ = ["BaseState", "CacheContext", "ModelHook", "StateManager", "active_cache", "current_context",
+           "hook_names", "invalidate", "register_hook", "registry_of", "remove_hooks", "set_cache_context"]
