@@ -40,3 +40,38 @@ def one_line_error():
         return lines[0]
 
     return check
+
+
+@pytest.fixture
+def tiny_judge():
+    """A loader of a small randomly initialised judge, for suites that need one."""
+    import torch
+
+    from reelkit.models.judge import WorldJudge
+
+    def load():
+        torch.manual_seed(0)
+        return WorldJudge(channels=(8, 8, 8, 16), feature_dim=8).eval()
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A saved tiny text-to-video pipeline folder, for ``--model``."""
+    from reelkit.pipelines.text_to_video import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("models") / "tiny_t2v"
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def configure(monkeypatch):
+    """Set module constants for one test: ``configure(module, NAME=value, ...)``."""
+
+    def set_constants(module, **values):
+        for name, value in values.items():
+            monkeypatch.setattr(module, name, value)
+
+    return set_constants

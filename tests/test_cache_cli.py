@@ -2,16 +2,7 @@ import json
 
 import pytest
 
-from reelkit.pipelines.text_to_video import tiny_pipeline
-
 SMALL = ("--frames", "5", "--size", "32", "--steps", "8")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "tiny_t2v"
-    tiny_pipeline().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,8 @@ import torch
 from reelkit.data.video_io import read_video, write_video
 from reelkit.data.world import render_clip
 from reelkit.models.judge import WorldJudge
-from reelkit.pipelines.text_to_video import tiny_pipeline
 
 SMALL = ("--frames", "5", "--size", "32", "--steps", "2")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "tiny_t2v"
-    tiny_pipeline().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,27 +1,16 @@
 import json
 
 import pytest
-import torch
 
 from reelkit.eval.bench import generate as suite
 from reelkit.eval.bench import run_suite, write_report
-from reelkit.models.judge import WorldJudge
 from reelkit.pipelines.text_to_video import tiny_pipeline
 
 
 @pytest.fixture
-def tiny_suite(monkeypatch):
-    def judge():
-        torch.manual_seed(0)
-        return WorldJudge(channels=(8, 8, 8, 16), feature_dim=8).eval()
-
-    monkeypatch.setattr(suite, "PIPELINE", tiny_pipeline)
-    monkeypatch.setattr(suite, "JUDGE", judge)
-    monkeypatch.setattr(suite, "NUM_PROMPTS", {True: 6, False: 6})
-    monkeypatch.setattr(suite, "STEPS", {True: (1, 2), False: (1, 2)})
-    monkeypatch.setattr(suite, "FRAMES", 5)
-    monkeypatch.setattr(suite, "SIZE", 32)
-    monkeypatch.setattr(suite, "BATCH", 4)
+def tiny_suite(configure, tiny_judge):
+    configure(suite, PIPELINE=tiny_pipeline, JUDGE=tiny_judge, FRAMES=5, SIZE=32, BATCH=4,
+              NUM_PROMPTS={True: 6, False: 6}, STEPS={True: (1, 2), False: (1, 2)})
 
 
 def test_rows_hold_the_figures_the_issue_asks_for(tiny_suite, tmp_path):

@@ -194,8 +194,11 @@ def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
-def tiny_pipeline(seed: int = 0) -> TextToVideoPipeline:
-    """A randomly initialised pipeline of tiny models, for tests and examples (no files needed)."""
+def tiny_pipeline(seed: int = 0, open_gates: bool = False) -> TextToVideoPipeline:
+    """A randomly initialised pipeline of tiny models, for tests and examples (no files needed).
+
+    ``open_gates`` re-draws the adaLN-zero gates and the output layer (zero at initialisation), so the
+    blocks change the output from step to step, as in a trained model: what accelerator tests need."""
     from reelkit.models.dit import VideoDiT
     from reelkit.models.text import WorldTextEncoder, build_tokenizer
     from reelkit.vae.cvvae import CVVAE
@@ -205,6 +208,10 @@ def tiny_pipeline(seed: int = 0) -> TextToVideoPipeline:
     text_encoder = WorldTextEncoder(vocab_size=len(tokenizer), dim=16, num_layers=1, num_heads=2)
     transformer = VideoDiT(num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16, sample_size=4)
     vae = CVVAE(block_out_channels=(8, 8, 8, 8), norm_num_groups=4)
+    if open_gates:
+        for name, parameter in transformer.named_parameters():
+            if any(key in name for key in ("time_modulation", "proj_out", "scale_shift_table")):
+                parameter.data.normal_(0, 0.3)
     pipe = TextToVideoPipeline(transformer.eval(), vae.eval(), text_encoder.eval(), tokenizer, default_scheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -10,19 +10,23 @@ Every method generates the same held-out prompts with the same seeds (``STEPS`` 
   ``cache-dit``'s DBCache through its ``BlockAdapter`` for custom models). A peer that fails is a row with
   its ``error``.
 
-Figures: ``latency_s`` (median wall clock of one clip, prompt to pixels), ``speedup`` (uncached median /
-median), ``denoise_speedup`` (the same for the denoising loop alone, without text encoding and VAE
-decoding), ``computed_steps`` (mean denoising steps whose last block ran in full), ``flops`` (one clip,
+Figures: ``latency_s`` (median wall clock of one clip, prompt to pixels, over ``repeats`` rounds),
+``speedup`` (median over those rounds of the uncached clip's time over the cached one's, the two run back
+to back on the same prompt), ``denoise_speedup`` (the same for the denoising loop alone, without text
+encoding and VAE decoding), ``computed_steps`` (mean denoising steps whose last block ran in full), ``flops`` (one clip,
 ``FlopCounterMode``), ``psnr_db`` / ``ssim`` against the uncached clip (mean over prompts),
 ``psnr_db_high_motion`` (over the half of the prompts with the most motion, measured by AdaCache's motion
 score on the uncached run) and judge adherence. Each method is also swept over its main knob; the
 sweep is in ``settings["sweeps"]``, ``settings["speedup_at_target_psnr"]`` holds each method's best
-speedup at ``TARGET_PSNR`` or more, and a PNG of PSNR against speedup is saved next to the JSON.
+speedup at ``TARGET_PSNR`` or more (read off its curve), ``settings["moreg_vs_plain_high_motion_psnr"]``
+compares MoReg with plain AdaCache on the high-motion prompts at equal speedup, and a PNG of PSNR
+against speedup is saved next to the JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import statistics
@@ -105,17 +109,23 @@ def _firstblockcache(pipe, threshold, state):
     return FirstBlockCacheConfig(threshold=threshold)
 
 
-def _magcache(pipe, threshold, state):
+def _magcache(pipe, knob, state):
     from diffusers.hooks import MagCacheConfig
 
-    return MagCacheConfig(threshold=threshold, num_inference_steps=state["steps"], mag_ratios=state["mag_ratios"])
+    # the default caps skips at 3 in a row, which caps its speedup here; the sweep lifts the cap with the threshold
+    threshold, max_skip_steps = knob
+    return MagCacheConfig(threshold=threshold, max_skip_steps=max_skip_steps, num_inference_steps=state["steps"],
+                          mag_ratios=state["mag_ratios"])
 
 
 def _taylorseer(pipe, interval, state):
     from diffusers.hooks import TaylorSeerCacheConfig
 
+    # diffusers' default patterns full-match names ending in "attn"; the teacher's branches are attn1,
+    # attn_temporal, attn2 and ff, so they are named here (TaylorSeer forecasts each branch's output)
     return TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=3, max_order=1,
-                                 taylor_factors_dtype=torch.float32)
+                                 taylor_factors_dtype=torch.float32,
+                                 cache_identifiers=[r"transformer_blocks\.\d+\.(attn1|attn_temporal|attn2|ff)"])
 
 
 def _cache_dit_apply(pipe, threshold, state):
@@ -143,18 +153,21 @@ def methods(quick: bool) -> list[Method]:
     def sweep(values):
         return values[:1] if quick else values
 
-    scales = sweep((0.5, 0.75, 1.25, 1.5))
+    scales = sweep((0.25, 0.5, 0.75, 1.25, 1.5, 2.0))
     rows = [
         Method("adacache_slow", *_adacache("slow"), 1.0, (), "rate scale"),
         Method("adacache_fast", *_adacache("fast"), 1.0, scales, "rate scale"),
         Method("adacache_fast_moreg", *_adacache("fast", moreg=True), 1.0, scales, "rate scale"),
-        Method("adacache_calibrated", *_adacache(lambda state: state["calibrated"]), 1.0, scales, "rate scale"),
+        Method("adacache_calibrated", *_adacache(lambda state: state["calibrated"]), 1.0, sweep((0.5, 0.75, 1.25, 1.5)),
+               "rate scale"),
         Method("pab", *_diffusers(_pab), 2, sweep((3, 4, 6)), "block skip range"),
         Method("fastercache", *_diffusers(_fastercache), 2, sweep((3, 4)), "block skip range"),
-        Method("firstblockcache", *_diffusers(_firstblockcache), 0.05, sweep((0.02, 0.1, 0.2)), "threshold"),
-        Method("magcache", *_diffusers(_magcache), 0.06, sweep((0.02, 0.12, 0.24)), "threshold"),
+        Method("firstblockcache", *_diffusers(_firstblockcache), 0.05, sweep((0.02, 0.1, 0.2, 0.3, 0.5)),
+               "threshold"),
+        Method("magcache", *_diffusers(_magcache), (0.06, 3), sweep(((0.02, 2), (0.12, 4), (0.24, 6), (0.5, 10))),
+               "threshold, max skipped steps"),
         Method("taylorseer", *_diffusers(_taylorseer), 3, sweep((2, 5, 8)), "cache interval"),
-        Method("cache_dit", _cache_dit_apply, _cache_dit_remove, 0.08, sweep((0.04, 0.16, 0.3)), "threshold"),
+        Method("cache_dit", _cache_dit_apply, _cache_dit_remove, 0.08, sweep((0.04, 0.16, 0.3, 0.5)), "threshold"),
     ]
     return rows
 
@@ -193,8 +206,9 @@ class _Clock:
 
 
 def _full_steps_counter(pipe) -> tuple[list[int], Callable[[], None]]:
-    """Counts calls of the last block's MLP: a step whose last block was skipped or reused does not count."""
-    last = pipe.transformer.transformer_blocks[-1].ff
+    """Counts calls of the last block's last MLP layer: a step whose last block was skipped, reused or
+    forecast (TaylorSeer replaces the MLP's forward) does not count."""
+    last = [m for m in pipe.transformer.transformer_blocks[-1].ff.modules() if isinstance(m, torch.nn.Linear)][-1]
     count = [0]
     handle = last.register_forward_pre_hook(lambda module, args: count.__setitem__(0, count[0] + 1))
     return count, handle.remove
@@ -228,20 +242,33 @@ def _mag_ratios(pipe, prompt: str, steps: int) -> list[float]:
 def _generate_all(pipe, prompts, steps, advance) -> dict:
     clock = _Clock(pipe)
     count, release = _full_steps_counter(pipe)
-    videos, latencies, denoise, full_steps = [], [], [], []
+    videos, full_steps = [], []
     try:
         for index, prompt in enumerate(prompts):
             count[0] = 0
-            video, seconds, denoise_seconds = clock.clip(prompt, index, steps)
-            videos.append(video)
-            latencies.append(seconds)
-            denoise.append(denoise_seconds)
+            videos.append(clock.clip(prompt, index, steps)[0])
             full_steps.append(count[0] / (2 if GUIDANCE > 1 else 1))
             advance()
     finally:
         release()
-    return {"videos": videos, "latency": statistics.median(latencies), "denoise": statistics.median(denoise),
-            "computed_steps": sum(full_steps) / len(full_steps)}
+    return {"videos": videos, "computed_steps": sum(full_steps) / len(full_steps)}
+
+
+def _paired_timing(plain, pipe, prompts, steps, rounds: int) -> dict:
+    """Latency and speedup from rounds of one uncached and one cached clip back to back, on prompt ``r``
+    of round ``r``: pairing cancels the slow swings of a shared machine's speed (this one's clips vary
+    by 25% from minute to minute), and rotating prompts lets adaptive schedules show their spread."""
+    plain_clock, clock = _Clock(plain), _Clock(pipe)
+    latencies, ratios, denoise_ratios = [], [], []
+    for r in range(rounds):
+        prompt = prompts[r % len(prompts)]
+        _, plain_seconds, plain_denoise = plain_clock.clip(prompt, r, steps)
+        _, seconds, denoise = clock.clip(prompt, r, steps)
+        latencies.append(seconds)
+        ratios.append(plain_seconds / seconds)
+        denoise_ratios.append(plain_denoise / max(denoise, 1e-9))
+    return {"latency_s": statistics.median(latencies), "speedup": statistics.median(ratios),
+            "denoise_speedup": statistics.median(denoise_ratios)}
 
 
 MAX_PSNR = 100.0  # identical clips have infinite PSNR; JSON has no infinity
@@ -275,6 +302,41 @@ def _plot(sweeps: dict, path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _interpolate(points: list[dict], speedup: float, key: str) -> float | None:
+    """``key`` of a sweep curve at ``speedup``, linear between its two nearest points; None outside it."""
+    points = sorted((p for p in points if "error" not in p), key=lambda p: p["speedup"])
+    for low, high in zip(points, points[1:], strict=False):
+        if low["speedup"] <= speedup <= high["speedup"]:
+            share = (speedup - low["speedup"]) / max(high["speedup"] - low["speedup"], 1e-9)
+            return low[key] + share * (high[key] - low[key])
+    return None
+
+
+def compare_at_equal_speedup(sweeps: dict, method: str, baseline: str, key: str) -> list[dict]:
+    """``method``'s ``key`` at each of its sweep points against ``baseline``'s curve at the same speedup."""
+    rows = []
+    for point in sweeps.get(method, []):
+        if "error" in point:
+            continue
+        other = _interpolate(sweeps.get(baseline, []), point["speedup"], key)
+        if other is not None:
+            rows.append({"speedup": round(point["speedup"], 3), method: round(point[key], 3),
+                         baseline: round(other, 3)})
+    return rows
+
+
+def speedup_at_psnr(points: list[dict], target: float) -> float | None:
+    """The best speedup of a sweep at ``target`` dB or more, reading between points on the curve."""
+    valid = sorted((p for p in points if "error" not in p), key=lambda p: p["speedup"])
+    best = max((p["speedup"] for p in valid if p["psnr_db"] >= target), default=None)
+    for low, high in zip(valid, valid[1:], strict=False):  # where the curve crosses the target
+        if low["psnr_db"] >= target > high["psnr_db"]:
+            share = (low["psnr_db"] - target) / (low["psnr_db"] - high["psnr_db"])
+            crossing = low["speedup"] + share * (high["speedup"] - low["speedup"])
+            best = max(best or 0.0, crossing)
+    return best
 
 
 def run(ctx: BenchContext) -> list[dict]:
@@ -312,7 +374,8 @@ def run(ctx: BenchContext) -> list[dict]:
         scores = mean_adherence(prompt_adherence(p, s) for p, s in zip(prompts, seen, strict=True))
         return {f"adherence_{key}": value for key, value in scores.items()}
 
-    rows = [{"method": "uncached", "latency_s": uncached["latency"], "speedup": 1.0, "denoise_speedup": 1.0,
+    plain = copy.deepcopy(pipe)  # never hooked: the other half of every timing pair
+    rows = [{"method": "uncached", **_paired_timing(plain, pipe, prompts, steps, ctx.repeats),
              "computed_steps": uncached["computed_steps"], "flops": _flops(pipe, prompts[0], steps),
              **_quality(references, references, high_motion), **adherence(references)}]
 
@@ -337,8 +400,7 @@ def run(ctx: BenchContext) -> list[dict]:
             return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
         try:
             result = _generate_all(pipe, prompts, steps, advance)
-            figures = {"latency_s": result["latency"], "speedup": uncached["latency"] / result["latency"],
-                       "denoise_speedup": uncached["denoise"] / max(result["denoise"], 1e-9),
+            figures = {**_paired_timing(plain, pipe, prompts, steps, ctx.repeats),
                        "computed_steps": result["computed_steps"],
                        **_quality(result["videos"], references, high_motion)}
             return figures, result["videos"]
@@ -370,9 +432,10 @@ def run(ctx: BenchContext) -> list[dict]:
 
     ctx.settings["sweeps"] = {name: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in p.items()}
                                      for p in points] for name, points in sweeps.items()}
-    ctx.settings["speedup_at_target_psnr"] = {
-        name: max((p["speedup"] for p in points if "error" not in p and p["psnr_db"] >= TARGET_PSNR), default=None)
-        for name, points in sweeps.items()}
+    ctx.settings["speedup_at_target_psnr"] = {name: speedup_at_psnr(points, TARGET_PSNR)
+                                              for name, points in sweeps.items()}
+    ctx.settings["moreg_vs_plain_high_motion_psnr"] = compare_at_equal_speedup(
+        sweeps, "adacache_fast_moreg", "adacache_fast", "psnr_db_high_motion")
     path = ctx.artifact("psnr_vs_speedup.png")
     if path is not None:
         _plot(sweeps, path)
@@ -380,5 +443,5 @@ def run(ctx: BenchContext) -> list[dict]:
     return rows
 
 
-__all__ = ["Method", "methods", "run"]
+__all__ = ["Method", "compare_at_equal_speedup", "methods", "run", "speedup_at_psnr"]
 
