@@ -139,10 +139,10 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
     def positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
         """Sinusoidal embeddings ``(T*S, C)``: a 2D grid within frames plus a 1D one over frames (memoised:
         building them costs as much as a few blocks at demo sizes, and cached steps would pay it each time)."""
-        key = (num_frames, height, width, self.device)
+        key = (num_frames, height, width, self.device, self.dtype)
         cache = self.__dict__.setdefault("_positions_cache", {})
         if key not in cache:
-            cache[key] = self._positions(num_frames, height, width)
+            cache[key] = self._positions(num_frames, height, width).to(self.dtype)
         return cache[key]
 
     def _positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
@@ -153,6 +153,23 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
         temporal = get_1d_sincos_pos_embed_from_grid(dim, frames)  # (T, C)
         return (temporal[:, None] + spatial[None]).reshape(num_frames * height * width, dim)
 
+    token_chunks: int = 1  # Feature Slicing sets it to run the per-token embedding and output head in slices
+
+    def _per_token(self, fn, num_tokens: int) -> torch.Tensor:
+        """``fn(slice(None))``, or the same computed on ``token_chunks`` slices of the token axis and written
+        into one tensor, so the head and tail never hold several full-size intermediates at once."""
+        if self.token_chunks <= 1:
+            return fn(slice(None))
+        step = -(-num_tokens // self.token_chunks)
+        out = None
+        for start in range(0, num_tokens, step):
+            s = slice(start, min(start + step, num_tokens))
+            part = fn(s)
+            if out is None:
+                out = part.new_empty(part.shape[0], num_tokens, *part.shape[2:])
+            out[:, s] = part
+        return out
+
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 return_dict: bool = True) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         B, C, T, H, W = hidden_states.shape
@@ -161,8 +178,10 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
             raise ShapeError(f"VideoDiT expects latents with {self.config.in_channels} channels and sides divisible "
                              f"by {p}; got {tuple(hidden_states.shape)}")
         h, w = H // p, W // p
-        x = hidden_states.view(B, C, T, h, p, w, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, T * h * w, C * p * p)
-        x = self.patch_embed(x) + self.positions(T, h, w).to(x.dtype)  # (B, T*S, D)
+        patches = hidden_states.view(B, C, T, h, p, w, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, T * h * w, C * p * p)
+        positions = self.positions(T, h, w)
+        x = self._per_token(lambda s: self.patch_embed(patches[:, s]) + positions[s].to(patches.dtype),
+                            T * h * w)  # (B, T*S, D)
 
         timestep = torch.as_tensor(timestep, device=x.device, dtype=torch.float32).expand(B)
         t_emb = self.time_embedding(self.time_proj(timestep).to(x.dtype))  # (B, D)
@@ -175,7 +194,8 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
                 x = block(x, encoder_hidden_states, temb, T)
 
         shift, scale = (self.scale_shift_out[None] + t_emb[:, None]).unbind(1)  # (B, D) each
-        x = self.proj_out(modulate(self.norm_out(x), shift[:, None], scale[:, None]))  # (B, T*S, p*p*C_out)
+        x = self._per_token(lambda s: self.proj_out(modulate(self.norm_out(x[:, s]), shift[:, None], scale[:, None])),
+                            T * h * w)  # (B, T*S, p*p*C_out)
         out_channels = self.proj_out.out_features // (p * p)
         sample = x.view(B, T, h, w, out_channels, p, p).permute(0, 4, 1, 2, 5, 3, 6).reshape(B, out_channels, T, H, W)
         if not return_dict:
