@@ -46,7 +46,7 @@ def test_frame_counts_round_down_with_a_notice(cli, tmp_path):
     (["world", "render", "--random", "--frames", "100001", "--size", "4096"], "GiB of memory is free"),
     (["video", "info", "missing.mp4"], "missing.mp4: no such file"),
     (["video", "convert", "missing.mp4", "-o", "x.mp4"], "no such file"),
-    (["bench", "nosuite"], "unknown bench suite 'nosuite'; known suites: cache, generate, vae, world"),
+    (["bench", "nosuite"], "unknown bench suite 'nosuite'; known suites:"),
     (["bench", "world", "--json", "out.txt"], "must end in .json"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, needle, one_line_error):

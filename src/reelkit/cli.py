@@ -422,6 +422,13 @@ def generate(
     moreg: Annotated[bool, typer.Option("--moreg", help="AdaCache: motion regularisation.")] = False,
     codebook: Annotated[Path | None, typer.Option(help="AdaCache: a codebook from 'reelkit calibrate adacache' "
                                                   "(implies --cache adacache).")] = None,
+    rehash: Annotated[int | None, typer.Option(help="Step Rehash: run the full model on K key steps only and "
+                                               "reuse its deep features on the others.")] = None,
+    rehash_schedule: Annotated[Path | None, typer.Option(help="Step Rehash: key steps from 'reelkit calibrate "
+                                                         "rehash' (default: the teacher's bundled profile).")] = None,
+    slice_: Annotated[str | None, typer.Option("--slice", help="Feature Slicing (exact, lower peak memory): N "
+                                               "chunks, a budget such as 2GiB, or auto (fit the free memory).")
+                      ] = None,
 ) -> None:
     """Generate a video from a prompt (or one per line of --prompts) with the text-to-video model."""
     import time
@@ -453,7 +460,24 @@ def generate(
         if sheet is not None:
             _check_output(sheet, (".png",))
     cache_config = _cache_config(cache, moreg, codebook)
+    from reelkit.accel.step_rehash import config_from_options
+
+    rehash_config = config_from_options(rehash, rehash_schedule, steps, bundled=model in (None, "teacher"))
+    if rehash_config is not None and cache_config is not None:
+        raise ReelkitError("--rehash and --cache are two caches; choose one")
+    from reelkit.accel.slicing import slicing_config_from_option
+
+    slicing_config = slicing_config_from_option(slice_)
     pipe = _load_generator(model)
+    if slicing_config is not None:
+        from reelkit.accel.slicing import apply_feature_slicing
+
+        apply_feature_slicing(pipe.transformer, slicing_config)
+        apply_feature_slicing(pipe.vae, slicing_config)
+    if rehash_config is not None:
+        from reelkit.accel.step_rehash import apply_step_rehash
+
+        apply_step_rehash(pipe.transformer, rehash_config)
     if cache_config is not None:
         from reelkit.accel.adacache import apply_ada_cache
 
@@ -476,6 +500,11 @@ def generate(
         if cache_config is not None and written:
             console.print(f"adacache: {totals[0]} denoiser calls computed, {totals[1]} reused over "
                           f"{len(written)} clip(s)")
+        if rehash_config is not None and written:
+            from reelkit.accel.step_rehash import format_stats as rehash_stats_line
+            from reelkit.accel.step_rehash import step_rehash_stats
+
+            console.print(rehash_stats_line(step_rehash_stats(pipe.transformer)), highlight=False)
         return
     pipe.check_inputs(prompt, negative_prompt, frames, size, size, steps, guidance, "pt")
     started = time.perf_counter()
@@ -491,6 +520,16 @@ def generate(
         from reelkit.accel.adacache import ada_cache_stats, format_stats
 
         console.print(f"adacache: {format_stats(ada_cache_stats(pipe.transformer))}")
+    if rehash_config is not None:
+        from reelkit.accel.step_rehash import format_stats as rehash_stats_line
+        from reelkit.accel.step_rehash import step_rehash_stats
+
+        console.print(rehash_stats_line(step_rehash_stats(pipe.transformer)), highlight=False)
+    if slicing_config is not None:
+        from reelkit.accel.slicing import feature_slicing_chunks
+
+        chunks = feature_slicing_chunks(pipe.transformer)
+        console.print(f"feature slicing: {chunks[0]} frame chunks, {chunks[1]} spatial chunks", highlight=False)
 
 
 def _cache_config(cache: str | None, moreg: bool, codebook: Path | None):
@@ -567,6 +606,26 @@ def calibrate_adacache(
     console.print(f"wrote {output}: {result.psnr_db:.2f} dB ({verdict} {target_psnr:g} dB), "
                   f"{result.computed_fraction:.0%} of steps computed; "
                   f"use it with: reelkit generate ... --codebook {output}")
+
+
+@calibrate_app.command("rehash")
+def calibrate_rehash(
+    prompts: Annotated[Path, typer.Option("--prompts", help="Calibration prompts, one per line (a few suffice).")],
+    budget: Annotated[int, typer.Option(help="Full (key) steps to place, 1 to --steps.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Schedule JSON to write.")] = Path("rehash.json"),
+    model: Annotated[str | None, typer.Option(help="'teacher' (default) or a pipeline folder.")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps the schedule is measured on.")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
+    frames: Annotated[int, typer.Option(help="Frame count, 1+4k.")] = 17,
+    size: Annotated[int, typer.Option(help="Height and width, a multiple of 16.")] = 64,
+    seed: Annotated[int, typer.Option(help="Noise seed of the first prompt (then seed + line index).")] = 0,
+) -> None:
+    """Search Step Rehash key steps on these prompts (the deep features' step-to-step similarity); use the
+    schedule with 'reelkit generate --rehash K --rehash-schedule FILE' (any K, any step count)."""
+    from reelkit.accel.step_rehash import run_calibration_command
+
+    run_calibration_command(prompts, budget, output, model, steps, guidance, frames, size, seed, _load_generator,
+                            _check_output, lambda message: console.print(message, highlight=False))
 
 
 # --------------------------------------------------------------------------------------------- eval

@@ -41,7 +41,7 @@ def test_machine_record():
 
 
 def test_unknown_suite_and_missing_cuda():
-    with pytest.raises(ReelkitError, match="known suites: cache, generate, vae, world"):
+    with pytest.raises(ReelkitError, match="unknown bench suite 'nope'; known suites:"):
         load_suite("nope")
     if not torch.cuda.is_available():
         with pytest.raises(ReelkitError, match="no CUDA device"):

@@ -13,7 +13,8 @@ Unlike the official code, normalisations whose statistics span a sliced axis (th
 temporal ResNets and of AnimateDiff's motion modules) use statistics of the full tensor, reduced in a first
 pass, so the sliced model computes the same function as the plain one (up to float round-off from other
 GEMM shapes); odd chunk counts and CFG batches are fine. With ``max_memory`` the chunk counts are picked per
-input shape from two cheap measured probes. On CUDA, ``pipelined=True`` overlaps slices on a few streams
+input shape from two cheap measured probes. Slicing is for inference (``torch.no_grad()``, as pipelines
+run); with autograd recording, blocks run unsliced. On CUDA, ``pipelined=True`` overlaps slices on a few streams
 (at most ``max_in_flight`` slices in flight); on CPU it runs them in order.
 
 >>> import torch
@@ -32,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -41,8 +43,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from reelkit.accel._diffusers_compat import ModelHook, register_hook, remove_hooks
+from reelkit.accel._diffusers_compat import ModelHook, hook_names, register_hook, remove_hooks
 from reelkit.errors import ReelkitError
+
+logger = logging.getLogger(__name__)
 
 _BLOCK_HOOK = "reelkit_feature_slicing"
 _MODEL_HOOK = "reelkit_feature_slicing_budget"
@@ -123,6 +127,7 @@ class SliceRunner:
         self.frame_chunks, self.spatial_chunks = config.chunks
         self.pipelined = config.pipelined
         self.max_in_flight = config.max_in_flight
+        self.overwrite_block_inputs = False  # set by a container whose blocks' inputs die with the call
         self._streams: list[torch.cuda.Stream] = []
 
     def with_chunks(self, frame_chunks: int, spatial_chunks: int) -> SliceRunner:
@@ -245,7 +250,10 @@ def slice_video_dit_block(block: nn.Module, runner: SliceRunner, forward: Callab
     shift, scale, gate = modulation.view(B, NUM_BRANCHES, 3, 1, C).unbind(2)  # each (B, 4, 1, C)
 
     frames = x.view(B * T, S, C)
-    out = torch.empty_like(x)
+    # inside the VideoDiT's own loop a block's input is dead once the block returns, so with no other hook
+    # reading it, each slice is written back over the input rather than into a second full-size tensor
+    overwrite = runner.overwrite_block_inputs and hook_names(block) == {_BLOCK_HOOK}
+    out = x if overwrite else torch.empty_like(x)
     out_frames = out.view(B * T, S, C)
     batch_of_frame = torch.arange(B * T, device=x.device) // T
 
@@ -277,10 +285,12 @@ def slice_video_dit(model: nn.Module, runner: SliceRunner, forward: Callable, *a
     """The VideoDiT itself: its patch embedding and output head are per token, so they run on
     ``spatial_chunks`` slices of the tokens (its blocks are sliced by their own hooks)."""
     model.token_chunks = runner.spatial_chunks
+    runner.overwrite_block_inputs = not torch.is_grad_enabled()
     try:
         return forward(*args, **kwargs)
     finally:
         model.token_chunks = 1
+        runner.overwrite_block_inputs = False
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -324,6 +334,8 @@ class FeatureSlicingHook(ModelHook):
         self.slicer, self.plan = slicer, plan
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
+        if torch.is_grad_enabled():  # autograd would keep every slice's activations: nothing to save
+            return self.fn_ref.original_forward(*args, **kwargs)
         return self.slicer(module, self.plan.runner, self.fn_ref.original_forward, *args, **kwargs)
 
 
@@ -365,11 +377,42 @@ class _Plan:
         (n1, n2), (p1, p2) = _PROBE_CHUNKS, peaks
         sliced = max(0.0, (p1 - p2) / (1 / n1 - 1 / n2))
         fixed = p1 - sliced / n1
-        budget = self.config.max_memory
-        if sliced <= 0 or fixed + sliced <= budget:
+        budget, most = self.config.max_memory, 4 * n2
+        if fixed + sliced <= budget:
             return 1, 1
-        chunks = math.ceil(sliced / max(budget - fixed, 1)) if budget > fixed else 4 * n2
-        return min(chunks, 4 * n2), min(chunks, 4 * n2)
+        if budget <= fixed + sliced / most:
+            logger.warning("max_memory %.1f MiB is below what slicing can reach here (about %.1f MiB); "
+                           "using %d chunks", budget / 2**20, (fixed + sliced / most) / 2**20, most)
+            return most, most
+        chunks = math.ceil(sliced / (budget - fixed))
+        return chunks, chunks
+
+
+def free_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """Memory free for activations now: the CUDA device's free memory, or the host's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def slicing_config_from_option(value: str | None, device: torch.device | str = "cpu") -> SlicingConfig | None:
+    """The CLI's ``--slice``: ``N`` chunks, a budget (``2GiB``), ``auto`` (90% of the free memory) or None."""
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if value == "auto":
+        return SlicingConfig(max_memory=int(0.9 * free_memory_bytes(device)))
+    if value.isdigit():
+        if int(value) < 1:
+            raise SlicingError(f"--slice {value}: give at least 1 chunk")
+        return SlicingConfig(frame_chunks=int(value))
+    try:
+        return SlicingConfig(max_memory=parse_bytes(value))
+    except SlicingError:
+        raise SlicingError(f"--slice {value!r}: give a chunk count (8), a memory budget (2GiB) or auto") from None
 
 
 def _import_model_slicers() -> None:
@@ -426,5 +469,5 @@ def _register_reelkit_models() -> None:
 _register_reelkit_models()
 
 __all__ = ["SliceRunner", "SlicingConfig", "SlicingError", "apply_feature_slicing", "chunk_slices",
-           "feature_slicing_chunks", "group_norm_apply", "group_norm_statistics", "parse_bytes",
-           "register_slicer", "remove_feature_slicing", "slice_rows"]
+           "feature_slicing_chunks", "free_memory_bytes", "group_norm_apply", "group_norm_statistics", "parse_bytes",
+           "register_slicer", "remove_feature_slicing", "slice_rows", "slicing_config_from_option"]

@@ -35,6 +35,8 @@ SUITES: dict[str, str] = {
     "vae": "reelkit.eval.bench.vae",
     "generate": "reelkit.eval.bench.generate",
     "cache": "reelkit.eval.bench.cache",
+    "rehash": "reelkit.eval.bench.rehash",
+    "memory": "reelkit.eval.bench.memory",
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
 
