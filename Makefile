@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/reelkit bench vae --json docs/bench/vae.json --repeats 3
 	$(BIN)/reelkit bench generate --json docs/bench/generate.json --repeats 3
 	$(BIN)/reelkit bench cache --json docs/bench/cache.json
+	$(BIN)/reelkit bench memory --json docs/bench/memory.json
+	$(BIN)/reelkit bench rehash --json docs/bench/rehash.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
