@@ -43,6 +43,17 @@ def one_line_error():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_judge():
     """A loader of a small randomly initialised judge, for suites that need one."""
     import torch

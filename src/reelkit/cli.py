@@ -581,23 +581,14 @@ def calibrate_adacache(
     'reelkit generate --codebook'."""
     from reelkit.accel.adacache import AdaCacheConfig
     from reelkit.accel.calibrate import calibrate_ada_cache
-    from reelkit.conventions import is_valid_frame_count
-    from reelkit.generation import GenerationSettings, read_prompts
 
-    prompt_list = read_prompts(prompts)
-    if not is_valid_frame_count(frames):
-        raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
-    if steps < 6:
-        raise ReelkitError(f"--steps must be at least 6 for a codebook to have room to reuse, got {steps}")
-    if not 0 < target_psnr < 100:
-        raise ReelkitError(f"--target-psnr must be between 0 and 100 dB, got {target_psnr:g}")
-    _check_output(output, (".json",))
-    if not output.parent.is_dir():
-        raise ReelkitError(f"{output.parent}: no such folder for the output")
-    pipe = _load_generator(model)
-    for line in prompt_list:
-        pipe.check_inputs(line, None, frames, size, size, steps, guidance, "pt")
-    settings = GenerationSettings(steps=steps, guidance=guidance, seed=seed, frames=frames, size=size)
+    def check_target():
+        if not 0 < target_psnr < 100:
+            raise ReelkitError(f"--target-psnr must be between 0 and 100 dB, got {target_psnr:g}")
+
+    pipe, prompt_list, settings = _calibration_inputs(prompts, output, model, steps, guidance, frames, size, seed,
+                                                      min_steps=6, why="for a codebook to have room to reuse",
+                                                      check=check_target)
     result = calibrate_ada_cache(pipe, prompt_list, target_psnr, settings, AdaCacheConfig(moreg=moreg),
                                  progress=lambda message: console.print(message))
     result.save(output, target_psnr=target_psnr, steps=steps, guidance=guidance, frames=frames, size=size,
@@ -622,10 +613,44 @@ def calibrate_rehash(
 ) -> None:
     """Search Step Rehash key steps on these prompts (the deep features' step-to-step similarity); use the
     schedule with 'reelkit generate --rehash K --rehash-schedule FILE' (any K, any step count)."""
-    from reelkit.accel.step_rehash import run_calibration_command
+    from reelkit.accel.step_rehash import StepRehashError, calibrate_step_rehash
 
-    run_calibration_command(prompts, budget, output, model, steps, guidance, frames, size, seed, _load_generator,
-                            _check_output, lambda message: console.print(message, highlight=False))
+    def check_budget():
+        if not 1 <= budget <= steps:
+            raise StepRehashError(f"--budget must be between 1 and the number of steps ({steps}), got {budget}")
+
+    pipe, prompt_list, settings = _calibration_inputs(prompts, output, model, steps, guidance, frames, size, seed,
+                                                      min_steps=2, why="for rehash steps to exist",
+                                                      check=check_budget)
+    say = lambda message: console.print(message, highlight=False)  # noqa: E731
+    result = calibrate_step_rehash(pipe, prompt_list, budget, settings, progress=say)
+    result.save(output, guidance=guidance, frames=frames, size=size, seed=seed, model=model or "teacher",
+                prompts=prompt_list)
+    say(f"wrote {output}: key steps {', '.join(map(str, result.key_steps))} ({budget} of {steps}); on these "
+        f"prompts {result.psnr_db:.2f} dB vs {result.uniform_psnr_db:.2f} dB with uniform key steps; use it with: "
+        f"reelkit generate ... --rehash K --rehash-schedule {output}")
+
+
+def _calibration_inputs(prompts: Path, output: Path, model: str | None, steps: int, guidance: float, frames: int,
+                        size: int, seed: int, min_steps: int, why: str, check: Callable[[], None]):
+    """Check a calibrate command's options, cheap checks first (``check`` for the command's own); return the
+    pipeline, the prompts and the generation settings."""
+    from reelkit.conventions import is_valid_frame_count
+    from reelkit.generation import GenerationSettings, read_prompts
+
+    prompt_list = read_prompts(prompts)
+    if not is_valid_frame_count(frames):
+        raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
+    if steps < min_steps:
+        raise ReelkitError(f"--steps must be at least {min_steps} {why}, got {steps}")
+    check()
+    _check_output(output, (".json",))
+    if not output.parent.is_dir():
+        raise ReelkitError(f"{output.parent}: no such folder for the output")
+    pipe = _load_generator(model)
+    for line in prompt_list:
+        pipe.check_inputs(line, None, frames, size, size, steps, guidance, "pt")
+    return pipe, prompt_list, GenerationSettings(steps=steps, guidance=guidance, seed=seed, frames=frames, size=size)
 
 
 # --------------------------------------------------------------------------------------------- eval

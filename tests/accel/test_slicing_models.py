@@ -23,12 +23,7 @@ FRAMES, BATCH = 5, 2  # odd frame count, CFG batch
 CHUNKS = [(3, 3), (5, 2), (2, 5), (64, 64)]  # odd counts, and more chunks than any axis has
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: threading only adds contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturb(model: nn.Module) -> nn.Module:

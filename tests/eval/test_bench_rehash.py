@@ -6,16 +6,7 @@ from reelkit.eval.bench import SUITES, run_suite, write_report
 from reelkit.eval.bench import rehash as suite
 from reelkit.pipelines.text_to_video import tiny_pipeline
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -867,38 +867,8 @@ def calibrate_step_rehash(pipe, prompts: Sequence[str], budget: int, settings=No
     return result
 
 
-def run_calibration_command(prompts: Path, budget: int, output: Path, model: str | None, steps: int,
-                            guidance: float, frames: int, size: int, seed: int, load_pipeline: Callable,
-                            check_output: Callable, say: Callable[[str], None]) -> RehashCalibration:
-    """``reelkit calibrate rehash``: check the options (cheap checks first), calibrate, write the schedule."""
-    from reelkit.conventions import is_valid_frame_count
-    from reelkit.generation import GenerationSettings, read_prompts
-
-    prompt_list = read_prompts(prompts)
-    if not is_valid_frame_count(frames):
-        raise StepRehashError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
-    if steps < 2:
-        raise StepRehashError(f"--steps must be at least 2 for rehash steps to exist, got {steps}")
-    if not 1 <= budget <= steps:
-        raise StepRehashError(f"--budget must be between 1 and the number of steps ({steps}), got {budget}")
-    check_output(output, (".json",))
-    if not output.parent.is_dir():
-        raise StepRehashError(f"{output.parent}: no such folder for the output")
-    pipe = load_pipeline(model)
-    for line in prompt_list:
-        pipe.check_inputs(line, None, frames, size, size, steps, guidance, "pt")
-    settings = GenerationSettings(steps=steps, guidance=guidance, seed=seed, frames=frames, size=size)
-    result = calibrate_step_rehash(pipe, prompt_list, budget, settings, progress=say)
-    result.save(output, guidance=guidance, frames=frames, size=size, seed=seed, model=model or "teacher",
-                prompts=prompt_list)
-    say(f"wrote {output}: key steps {', '.join(map(str, result.key_steps))} ({budget} of {steps}); on these "
-        f"prompts {result.psnr_db:.2f} dB vs {result.uniform_psnr_db:.2f} dB with uniform key steps; use it with: "
-        f"reelkit generate ... --rehash K --rehash-schedule {output}")
-    return result
-
-
 __all__ = ["RehashCalibration", "RehashSchedule", "StepRehashConfig", "StepRehashError", "StepRehashStats",
            "apply_step_rehash", "bundled_schedule_path", "calibrate_step_rehash", "config_from_options", "deep_part",
            "format_stats", "greedy_key_steps", "record_rehash_features", "remove_step_rehash", "resample_similarity",
-           "reset_step_rehash", "run_calibration_command", "search_key_steps", "gram_from_trace",
+           "reset_step_rehash", "search_key_steps", "gram_from_trace",
            "optimal_key_steps", "similarity_matrix", "step_rehash_stats", "uniform_key_steps"]

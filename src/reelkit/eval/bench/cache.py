@@ -38,6 +38,7 @@ import torch
 
 from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
 from reelkit.eval.bench import BenchContext
+from reelkit.eval.bench.harness import heldout_prompts
 from reelkit.eval.metrics import video_psnr, video_ssim
 
 NUM_PROMPTS = {False: 12, True: 2}
@@ -342,8 +343,6 @@ def speedup_at_psnr(points: list[dict], target: float) -> float | None:
 def run(ctx: BenchContext) -> list[dict]:
     from reelkit.accel.adacache import AdaCacheConfig
     from reelkit.accel.calibrate import calibrate_ada_cache, reference_run
-    from reelkit.data.datasets import heldout_seeds
-    from reelkit.data.world import random_scene
     from reelkit.generation import GenerationSettings
 
     torch.manual_seed(0)
@@ -351,9 +350,7 @@ def run(ctx: BenchContext) -> list[dict]:
     pipe.to(ctx.device)
     judge.to(ctx.device)
     count, steps = NUM_PROMPTS[ctx.quick], STEPS[ctx.quick]
-    seeds = heldout_seeds(count + CALIBRATION_PROMPTS[ctx.quick])
-    prompts = [random_scene(seed)[1] for seed in seeds[:count]]
-    calibration_prompts = [random_scene(seed)[1] for seed in seeds[count:]]
+    prompts, calibration_prompts = heldout_prompts(count, CALIBRATION_PROMPTS[ctx.quick])
     settings = GenerationSettings(steps=steps, guidance=GUIDANCE, frames=FRAMES, size=SIZE)
     ctx.settings.update({"prompts": count, "steps": steps, "guidance": GUIDANCE, "frames": FRAMES, "size": SIZE,
                          "calibration_prompts": calibration_prompts, "target_psnr": TARGET_PSNR})

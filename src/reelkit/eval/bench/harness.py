@@ -101,6 +101,15 @@ def _peak_tracker():
     return PeakTracker()
 
 
+def heldout_prompts(count: int, calibration: int = 0) -> tuple[list[str], list[str]]:
+    """``count`` evaluation prompts and ``calibration`` other ones, from the demo world's held-out seeds."""
+    from reelkit.data.datasets import heldout_seeds
+    from reelkit.data.world import random_scene
+
+    prompts = [random_scene(seed)[1] for seed in heldout_seeds(count + calibration)]
+    return prompts[:count], prompts[count:]
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """Floating-point operations of ``fn()`` as counted by ``FlopCounterMode``."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -30,6 +30,7 @@ import torch
 
 from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
 from reelkit.eval.bench import BenchContext
+from reelkit.eval.bench.harness import heldout_prompts
 from reelkit.eval.metrics import video_psnr, video_ssim
 
 NUM_PROMPTS = {False: 8, True: 2}
@@ -127,8 +128,6 @@ def run(ctx: BenchContext) -> list[dict]:
         step_rehash_stats,
         uniform_key_steps,
     )
-    from reelkit.data.datasets import heldout_seeds
-    from reelkit.data.world import random_scene
     from reelkit.generation import GenerationSettings
 
     torch.manual_seed(0)
@@ -136,9 +135,7 @@ def run(ctx: BenchContext) -> list[dict]:
     pipe.to(ctx.device)
     judge.to(ctx.device)
     count, steps = NUM_PROMPTS[ctx.quick], STEPS[ctx.quick]
-    seeds = heldout_seeds(count + CALIBRATION_PROMPTS[ctx.quick])
-    prompts = [random_scene(seed)[1] for seed in seeds[:count]]
-    calibration_prompts = [random_scene(seed)[1] for seed in seeds[count:]]
+    prompts, calibration_prompts = heldout_prompts(count, CALIBRATION_PROMPTS[ctx.quick])
     budgets = [k for k in BUDGETS[ctx.quick] if k <= steps]
     base = StepRehashConfig(**REHASH)
     ctx.settings.update({"prompts": count, "steps": steps, "guidance": GUIDANCE, "frames": FRAMES, "size": SIZE,
