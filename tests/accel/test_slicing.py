@@ -158,3 +158,21 @@ def test_the_cli_option_reads_counts_budgets_and_auto():
         slicing_config_from_option("lots")
     with pytest.raises(SlicingError, match="at least 1 chunk"):
         slicing_config_from_option("0")
+
+
+def test_a_hook_inside_a_block_still_sees_the_whole_feature(model):
+    from reelkit.accel._diffusers_compat import ModelHook, register_hook
+
+    seen = []
+
+    class Record(ModelHook):
+        def post_forward(self, module, output):
+            seen.append(tuple(output.shape))
+            return output
+
+    latents, text = inputs(model)
+    register_hook(model.transformer_blocks[0].attn_temporal, Record(), "record")
+    plain = run(model, latents, text)
+    apply_feature_slicing(model, SlicingConfig(3, 3))
+    assert (run(model, latents, text) - plain).abs().max() <= 1e-5
+    assert seen[0] == seen[1] == (BATCH * SIDE * SIDE // 4, FRAMES, seen[0][2])  # (B*S, T, C) both times

@@ -326,6 +326,12 @@ def _slicer_for(module: nn.Module) -> Slicer | None:
     return None
 
 
+def _hooked_inside(block: nn.Module) -> bool:
+    """Whether a layer inside ``block`` (not the block itself) carries a diffusers hook."""
+    return any(getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks
+               for m in block.modules() if m is not block and not _slicer_for(m))
+
+
 class FeatureSlicingHook(ModelHook):
     """Runs its block through a slicer with the chunk counts of the shared runner."""
 
@@ -334,7 +340,9 @@ class FeatureSlicingHook(ModelHook):
         self.slicer, self.plan = slicer, plan
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        if torch.is_grad_enabled():  # autograd would keep every slice's activations: nothing to save
+        if torch.is_grad_enabled() or _hooked_inside(module):
+            # autograd would keep every slice's activations (nothing to save), and a hook on a layer inside
+            # the block (a cache's monitor, PAB) would see one slice instead of the whole feature
             return self.fn_ref.original_forward(*args, **kwargs)
         return self.slicer(module, self.plan.runner, self.fn_ref.original_forward, *args, **kwargs)
 
