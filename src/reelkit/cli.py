@@ -230,6 +230,18 @@ def train_judge(
     console.print(f"trained judge: {run(config, output_dir=output_dir, max_steps=max_steps)}")
 
 
+@train_app.command("rewards")
+def train_rewards(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/rewards.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
+) -> None:
+    """Train the demo rewards (image-text and video-text dual encoders) contrastively on the demo world."""
+    from reelkit.train.rewards import run
+
+    console.print(f"trained rewards: {run(config, output_dir=output_dir, max_steps=max_steps)}")
+
+
 @train_app.command("export")
 def train_export(
     model_dir: Annotated[Path, typer.Argument(help="A trained model or pipeline folder, e.g. runs/teacher/model.")],

@@ -206,3 +206,14 @@ def checkpoint_when_due(accelerator, config, output_dir: Path, step: int, clock:
     if stop:
         accelerator.print(f"time limit of {config.time_limit_minutes} min reached at step {step}")
     return saved, stop
+
+
+def apply_gradients(accelerator, loss, parameters, optimizer, scheduler=None, max_norm: float = 1.0) -> None:
+    """One optimiser step on ``loss``: clear, backward (accelerate scales and syncs), clip to ``max_norm``,
+    step the optimiser and the learning-rate schedule."""
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(parameters, max_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()

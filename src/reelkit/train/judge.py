@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from reelkit.train.common import (
     StepClock,
+    apply_gradients,
     autocast,
     check_mixed_precision,
     checkpoint_when_due,
@@ -114,11 +115,7 @@ def train(config: JudgeTrainConfig) -> Path:
         with autocast(config.mixed_precision, accelerator.device):
             output = judge(video)
         loss, accuracy = judge_loss(output, batch)
-        optimizer.zero_grad()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(judge.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        apply_gradients(accelerator, loss, judge.parameters(), optimizer, scheduler)
         step += 1
         clock.step()
         if step % config.log_every == 0:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from reelkit.train.common import (
     StepClock,
+    apply_gradients,
     autocast,
     check_mixed_precision,
     checkpoint_when_due,
@@ -199,11 +200,7 @@ def train(config: T2VTrainConfig) -> Path:
         latents = batch["latent"].to(accelerator.device) * scaling_factor
         with autocast(config.mixed_precision, accelerator.device):
             loss = flow_matching_loss(denoiser, latents, tokens, generator, config.logit_mean, config.logit_std)
-        optimizer.zero_grad()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        apply_gradients(accelerator, loss, denoiser.parameters(), optimizer, scheduler, config.grad_clip)
         ema.step(accelerator.unwrap_model(denoiser).parameters())
         step += 1
         clock.step()

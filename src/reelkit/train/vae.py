@@ -28,7 +28,14 @@ import torch.nn.functional as F
 
 from reelkit.conventions import batch_to_frames, frames_to_batch
 from reelkit.errors import ReelkitError
-from reelkit.train.common import StepClock, checkpoint_when_due, load_checkpoint, load_config, start_run
+from reelkit.train.common import (
+    StepClock,
+    apply_gradients,
+    checkpoint_when_due,
+    load_checkpoint,
+    load_config,
+    start_run,
+)
 
 STAGES = ("image_vae", "cvvae")
 
@@ -176,16 +183,9 @@ def train(config: VaeTrainConfig) -> Path:
             fake = (reconstruction if is_video else batch_to_frames(reconstruction, video.shape[0])).detach()
             disc_loss = hinge_discriminator_loss(discriminator(video), discriminator(fake))
             losses["disc"] = disc_loss
-            disc_optimizer.zero_grad()
-            accelerator.backward(disc_loss)
-            accelerator.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
-            disc_optimizer.step()
+            apply_gradients(accelerator, disc_loss, discriminator.parameters(), disc_optimizer, None, config.grad_clip)
         else:
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(autoencoder.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            apply_gradients(accelerator, loss, autoencoder.parameters(), optimizer, scheduler, config.grad_clip)
         step += 1
         clock.step()
         if step % config.log_every == 0 or step == config.max_steps:
