@@ -239,3 +239,17 @@ def test_recipe_trains_exports_and_resumes(tmp_path, capsys):
 def test_cli_train_rewards_reports_a_missing_config(cli, one_line_error, tmp_path):
     code, _, err = cli("train", "rewards", "--config", tmp_path / "absent.yaml")
     assert "no such config file" in one_line_error(code, err)
+
+
+@pytest.mark.parametrize("name", ["demo-image", "demo-video"])
+def test_the_bundled_rewards_prefer_each_clips_own_caption(name):
+    from reelkit.data.datasets import heldout_seeds
+    from reelkit.data.world import render_clip
+
+    clips = [render_clip(seed, 9, 64) for seed in heldout_seeds(4)]
+    video = torch.stack([clip.video for clip in clips])
+    reward = load_reward(name)
+    with torch.no_grad():
+        scores = torch.stack([reward.score(video, [clip.caption] * 4, generator=torch.Generator().manual_seed(0))
+                              for clip in clips], 1)  # (clip, caption)
+    assert torch.equal(scores.argmax(1), torch.arange(4))
