@@ -45,6 +45,27 @@ def active_cache(module: torch.nn.Module, own_hooks: tuple[str, ...] = ()) -> st
     return None
 
 
+def claim_cache(model: torch.nn.Module, attribute: str, config) -> None:
+    """Record an accelerator's ``config`` on ``model`` as ``attribute``; on a diffusers ``CacheMixin`` model
+    also as ``_cache_config``, so diffusers refuses to stack its own caches on top."""
+    setattr(model, attribute, config)
+    if hasattr(model, "enable_cache"):
+        model._cache_config = config
+
+
+def release_cache(model: torch.nn.Module, attribute: str) -> None:
+    """Undo :func:`claim_cache`."""
+    config = model.__dict__.pop(attribute, None)
+    if config is not None and model.__dict__.get("_cache_config") is config:
+        del model._cache_config
+
+
+def get_hook(model: torch.nn.Module, name: str):
+    """The hook registered on ``model`` under ``name``, or None."""
+    registry = getattr(model, "_diffusers_hook", None)
+    return registry.get_hook(name) if registry is not None else None
+
+
 def remove_hooks(module: torch.nn.Module, *names: str) -> None:
     registry = registry_of(module)
     for name in names:
@@ -69,5 +90,6 @@ def set_cache_context(module: torch.nn.Module, context: CacheContext | None) -> 
     _set_cache_context(module, context)
 
 
-__all__ = ["BaseState", "CacheContext", "ModelHook", "StateManager", "active_cache", "current_context",
-           "hook_names", "invalidate", "register_hook", "registry_of", "remove_hooks", "set_cache_context"]
+__all__ = ["BaseState", "CacheContext", "ModelHook", "StateManager", "active_cache", "claim_cache",
+           "current_context", "get_hook", "hook_names", "invalidate", "register_hook", "registry_of",
+           "release_cache", "remove_hooks", "set_cache_context"]

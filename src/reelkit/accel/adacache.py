@@ -54,9 +54,12 @@ from reelkit.accel._diffusers_compat import (
     ModelHook,
     StateManager,
     active_cache,
+    claim_cache,
     current_context,
+    get_hook,
     invalidate,
     register_hook,
+    release_cache,
     remove_hooks,
     set_cache_context,
 )
@@ -791,23 +794,18 @@ def apply_ada_cache(model: nn.Module, config: AdaCacheConfig | None = None) -> N
         register_hook(block, hook, _BLOCK_HOOK)
         if name in monitors and residual != "block":
             register_hook(getattr(block, residual), AdaCacheMonitorHook(name, run), _MONITOR_HOOK)
-    model._ada_cache_config = config
-    if hasattr(model, "enable_cache"):  # diffusers' CacheMixin then refuses to stack its caches on AdaCache
-        model._cache_config = config
+    claim_cache(model, "_ada_cache_config", config)
     invalidate(model)
 
 
 def remove_ada_cache(model: nn.Module) -> None:
     """Remove AdaCache's hooks and caches; the model computes exactly as before :func:`apply_ada_cache`."""
     remove_hooks(model, _MODEL_HOOK, _BLOCK_HOOK, _MONITOR_HOOK)
-    config = model.__dict__.pop("_ada_cache_config", None)
-    if config is not None and model.__dict__.get("_cache_config") is config:
-        del model._cache_config
+    release_cache(model, "_ada_cache_config")
 
 
 def _model_hook(model: nn.Module) -> AdaCacheModelHook:
-    registry = getattr(model, "_diffusers_hook", None)
-    hook = registry.get_hook(_MODEL_HOOK) if registry is not None else None
+    hook = get_hook(model, _MODEL_HOOK)
     if hook is None:
         raise AdaCacheError(f"AdaCache is not applied to this {type(model).__name__}")
     return hook

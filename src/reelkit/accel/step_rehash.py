@@ -77,9 +77,12 @@ from reelkit.accel._diffusers_compat import (
     ModelHook,
     StateManager,
     active_cache,
+    claim_cache,
     current_context,
+    get_hook,
     invalidate,
     register_hook,
+    release_cache,
     remove_hooks,
     set_cache_context,
 )
@@ -702,23 +705,18 @@ def apply_step_rehash(model: nn.Module, config: StepRehashConfig | None = None) 
         probe = getattr(modules[deep[-1]], "attn_temporal", None)
         if config.similarity_feature == "temporal" and isinstance(probe, nn.Module):
             register_hook(probe, _ProbeHook(run, model_hook), _PROBE_HOOK)
-    model._step_rehash_config = config
-    if hasattr(model, "enable_cache"):  # diffusers' CacheMixin then refuses to stack its caches on Step Rehash
-        model._cache_config = config
+    claim_cache(model, "_step_rehash_config", config)
     invalidate(model)
 
 
 def remove_step_rehash(model: nn.Module) -> None:
     """Remove Step Rehash's hooks and stored features; the model computes exactly as before."""
     remove_hooks(model, *_OWN_HOOKS)
-    config = model.__dict__.pop("_step_rehash_config", None)
-    if config is not None and model.__dict__.get("_cache_config") is config:
-        del model._cache_config
+    release_cache(model, "_step_rehash_config")
 
 
 def _model_hook(model: nn.Module) -> StepRehashModelHook:
-    registry = getattr(model, "_diffusers_hook", None)
-    hook = registry.get_hook(_MODEL_HOOK) if registry is not None else None
+    hook = get_hook(model, _MODEL_HOOK)
     if hook is None:
         raise StepRehashError(f"Step Rehash is not applied to this {type(model).__name__}")
     return hook

@@ -38,7 +38,7 @@ import torch
 
 from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
 from reelkit.eval.bench import BenchContext
-from reelkit.eval.bench.harness import heldout_prompts
+from reelkit.eval.bench.harness import heldout_prompts, load_generator_and_judge
 from reelkit.eval.metrics import video_psnr, video_ssim
 
 NUM_PROMPTS = {False: 12, True: 2}
@@ -174,12 +174,7 @@ def methods(quick: bool) -> list[Method]:
 
 
 def _load():
-    from reelkit.models.judge import load_judge
-    from reelkit.pipelines.text_to_video import load_text_to_video
-
-    pipe = PIPELINE() if PIPELINE is not None else load_text_to_video()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, (JUDGE() if JUDGE is not None else load_judge())
+    return load_generator_and_judge(PIPELINE, JUDGE)
 
 
 class _Clock:

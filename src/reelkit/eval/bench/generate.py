@@ -33,12 +33,9 @@ JUDGE = None  # likewise for the judge
 
 
 def _load():
-    from reelkit.models.judge import load_judge
-    from reelkit.pipelines.text_to_video import load_text_to_video
+    from reelkit.eval.bench.harness import load_generator_and_judge
 
-    pipe = PIPELINE() if PIPELINE is not None else load_text_to_video()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, (JUDGE() if JUDGE is not None else load_judge())
+    return load_generator_and_judge(PIPELINE, JUDGE)
 
 
 def heldout_prompts(count: int) -> list[str]:

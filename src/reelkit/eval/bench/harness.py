@@ -101,6 +101,17 @@ def _peak_tracker():
     return PeakTracker()
 
 
+def load_generator_and_judge(pipeline=None, judge=None):
+    """The pipeline (``pipeline()``, else the bundled teacher; progress bars off) and the judge (``judge()``,
+    else the bundled one) that the generation suites measure; tests pass tiny loaders."""
+    from reelkit.models.judge import load_judge
+    from reelkit.pipelines.text_to_video import load_text_to_video
+
+    pipe = pipeline() if pipeline is not None else load_text_to_video()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, (judge() if judge is not None else load_judge())
+
+
 def heldout_prompts(count: int, calibration: int = 0) -> tuple[list[str], list[str]]:
     """``count`` evaluation prompts and ``calibration`` other ones, from the demo world's held-out seeds."""
     from reelkit.data.datasets import heldout_seeds

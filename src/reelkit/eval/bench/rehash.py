@@ -30,7 +30,7 @@ import torch
 
 from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
 from reelkit.eval.bench import BenchContext
-from reelkit.eval.bench.harness import heldout_prompts
+from reelkit.eval.bench.harness import heldout_prompts, load_generator_and_judge
 from reelkit.eval.metrics import video_psnr, video_ssim
 
 NUM_PROMPTS = {False: 8, True: 2}
@@ -48,12 +48,7 @@ MAX_PSNR = 100.0  # identical clips have infinite PSNR; JSON has no infinity
 
 
 def _load():
-    from reelkit.models.judge import load_judge
-    from reelkit.pipelines.text_to_video import load_text_to_video
-
-    pipe = PIPELINE() if PIPELINE is not None else load_text_to_video()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, (JUDGE() if JUDGE is not None else load_judge())
+    return load_generator_and_judge(PIPELINE, JUDGE)
 
 
 def _clip(pipe, prompt: str, seed: int, steps: int) -> tuple[torch.Tensor, float, float]:
