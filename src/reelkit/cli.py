@@ -242,6 +242,18 @@ def train_rewards(
     console.print(f"trained rewards: {run(config, output_dir=output_dir, max_steps=max_steps)}")
 
 
+@train_app.command("distill")
+def train_distill(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/turbo.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
+) -> None:
+    """Distil a few-step student from the teacher (T2V-Turbo: consistency distillation + reward feedback)."""
+    from reelkit.train.distill import run
+
+    console.print(f"student pipeline: {run(config, output_dir=output_dir, max_steps=max_steps)}")
+
+
 @train_app.command("export")
 def train_export(
     model_dir: Annotated[Path, typer.Argument(help="A trained model or pipeline folder, e.g. runs/teacher/model.")],
@@ -403,11 +415,15 @@ def vae_decode(
 
 # ----------------------------------------------------------------------------------------- generate
 
-def _load_generator(model: str | None):
-    """The pipeline ``--model`` names: a pipeline folder, or ``teacher`` / nothing for the bundled teacher."""
+FEW_STEPS = 4  # a consistency student's default step count (T2V-Turbo)
+
+
+def _load_generator(model: str | None, default: str = "student"):
+    """The pipeline ``--model`` names: ``student`` (the bundled 4-step T2V-Turbo student), ``teacher`` (the
+    bundled 50-step teacher) or a pipeline folder; ``None``: ``default``."""
     from reelkit.pipelines.text_to_video import load_text_to_video
 
-    pipe = load_text_to_video(None if model in (None, "teacher") else model)
+    pipe = load_text_to_video(model or default)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -420,12 +436,15 @@ def generate(
                                                  )] = None,
     out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Batch mode: folder for one mp4 per prompt; "
                                                  "existing ones are skipped.")] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 5.0,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: 4 for a distilled student, 50 for "
+                                              "the teacher).")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off; a distilled student "
+                                            "takes it as an input).")] = 5.0,
     seed: Annotated[int, typer.Option(help="Noise seed (batch mode: seed + line index).")] = 0,
     frames: Annotated[int, typer.Option(help="Frame count, 1+4k.")] = 17,
     size: Annotated[int, typer.Option(help="Height and width, a multiple of 16.")] = 64,
-    model: Annotated[str | None, typer.Option(help="'teacher' (default) or a pipeline folder.")] = None,
+    model: Annotated[str | None, typer.Option(help="'student' (default: the 4-step T2V-Turbo student), "
+                                              "'teacher' (50 steps with guidance) or a pipeline folder.")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Steer away from this (default: empty).")] = None,
     fps: Annotated[float, typer.Option(help="Frame rate of the written files.")] = 8.0,
     sheet: Annotated[Path | None, typer.Option(help="Also save a contact-sheet PNG here (single prompt).")] = None,
@@ -456,11 +475,10 @@ def generate(
         raise ReelkitError("give a PROMPT (or --prompts FILE --out-dir DIR)")
     if not is_valid_frame_count(frames):
         raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise ReelkitError(f"--steps must be at least 1, got {steps}")
     if guidance < 1:
         raise ReelkitError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
-    settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
     if batch:
         prompt_list = read_prompts(prompts)
         if out_dir.exists() and not out_dir.is_dir():
@@ -472,15 +490,17 @@ def generate(
         if sheet is not None:
             _check_output(sheet, (".png",))
     cache_config = _cache_config(cache, moreg, codebook)
-    from reelkit.accel.step_rehash import config_from_options
-
-    rehash_config = config_from_options(rehash, rehash_schedule, steps, bundled=model in (None, "teacher"))
-    if rehash_config is not None and cache_config is not None:
-        raise ReelkitError("--rehash and --cache are two caches; choose one")
     from reelkit.accel.slicing import slicing_config_from_option
 
     slicing_config = slicing_config_from_option(slice_)
     pipe = _load_generator(model)
+    steps = steps or (FEW_STEPS if pipe.consistency_sampling else 50)
+    settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
+    from reelkit.accel.step_rehash import config_from_options
+
+    rehash_config = config_from_options(rehash, rehash_schedule, steps, bundled=model == "teacher")
+    if rehash_config is not None and cache_config is not None:
+        raise ReelkitError("--rehash and --cache are two caches; choose one")
     if slicing_config is not None:
         from reelkit.accel.slicing import apply_feature_slicing
 
@@ -659,7 +679,7 @@ def _calibration_inputs(prompts: Path, output: Path, model: str | None, steps: i
     _check_output(output, (".json",))
     if not output.parent.is_dir():
         raise ReelkitError(f"{output.parent}: no such folder for the output")
-    pipe = _load_generator(model)
+    pipe = _load_generator(model, default="teacher")  # caches pay off over many steps: the teacher
     for line in prompt_list:
         pipe.check_inputs(line, None, frames, size, size, steps, guidance, "pt")
     return pipe, prompt_list, GenerationSettings(steps=steps, guidance=guidance, seed=seed, frames=frames, size=size)

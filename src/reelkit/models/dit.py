@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.cache_utils import CacheMixin
@@ -95,13 +96,18 @@ TransformerBlockRegistry.register(
     VideoDiTBlock, TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None))
 
 
-class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
+class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     """Text-conditioned video DiT over ``(B, C, T, H, W)`` latents, predicting the flow-matching velocity.
 
     ``patch_size`` patchifies space only (every latent frame keeps its own tokens, so temporal attention
     sees all ``1 + k`` frames). ``sample_size`` is the latent side the positions are laid out for; other
     sizes interpolate the sinusoidal grid. ``timestep`` is ``sigma * 1000`` (diffusers' flow-matching
     schedulers' convention).
+
+    ``guidance_embed=True`` makes a guidance-distilled student (T2V-Turbo / LCM): ``forward`` then takes the
+    classifier-free guidance scale ``guidance`` (B,), embedded like a timestep (of ``(w - 1) * 1000``) and
+    added through ``time_embedding.cond_proj`` (LCM's ``time_cond_proj``), zero at initialisation so the
+    student starts as its teacher. That layer is part of the weights, so it is saved and loaded with them.
     """
 
     _supports_gradient_checkpointing = True
@@ -111,13 +117,15 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
     @register_to_config
     def __init__(self, in_channels: int = 8, out_channels: int | None = None, patch_size: int = 2,
                  num_layers: int = 8, num_attention_heads: int = 4, attention_head_dim: int = 48,
-                 text_dim: int = 128, mlp_ratio: float = 4.0, sample_size: int = 8, frequency_dim: int = 256):
+                 text_dim: int = 128, mlp_ratio: float = 4.0, sample_size: int = 8, frequency_dim: int = 256,
+                 guidance_embed: bool = False):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
         self.patch_embed = nn.Linear(in_channels * patch_size**2, dim)
         self.time_proj = Timesteps(frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(frequency_dim, dim)
+        self.time_embedding = TimestepEmbedding(frequency_dim, dim,
+                                                cond_proj_dim=frequency_dim if guidance_embed else None)
         self.time_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * NUM_BRANCHES * dim))
         self.transformer_blocks = nn.ModuleList(
             VideoDiTBlock(dim, num_attention_heads, attention_head_dim, text_dim, mlp_ratio) for _ in range(num_layers))
@@ -133,6 +141,8 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
         nn.init.zeros_(self.time_modulation[-1].bias)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        if self.time_embedding.cond_proj is not None:
+            nn.init.zeros_(self.time_embedding.cond_proj.weight)
         for block in self.transformer_blocks:
             block.scale_shift_table.data[2::3].zero_()  # gates
 
@@ -170,8 +180,18 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
             out[:, s] = part
         return out
 
+    def _guidance_condition(self, guidance, batch: int, x: torch.Tensor) -> torch.Tensor | None:
+        if (guidance is None) != (not self.config.guidance_embed):
+            raise ShapeError("this VideoDiT is guidance-distilled: pass guidance=w" if guidance is None else
+                             "this VideoDiT has no guidance embedding (guidance_embed=False): do not pass guidance")
+        if guidance is None:
+            return None
+        w = torch.as_tensor(guidance, device=x.device, dtype=torch.float32).expand(batch)
+        return self.time_proj((w - 1) * 1000).to(x.dtype)  # (B, frequency_dim)
+
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
-                return_dict: bool = True) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+                guidance: torch.Tensor | float | None = None, return_dict: bool = True
+                ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         B, C, T, H, W = hidden_states.shape
         p = self.config.patch_size
         if self.config.in_channels != C or H % p or W % p:
@@ -184,7 +204,8 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin):
                             T * h * w)  # (B, T*S, D)
 
         timestep = torch.as_tensor(timestep, device=x.device, dtype=torch.float32).expand(B)
-        t_emb = self.time_embedding(self.time_proj(timestep).to(x.dtype))  # (B, D)
+        t_emb = self.time_embedding(self.time_proj(timestep).to(x.dtype), self._guidance_condition(guidance, B, x))
+        # t_emb: (B, D)
         temb = self.time_modulation(t_emb)  # (B, 12*D)
         encoder_hidden_states = encoder_hidden_states.to(x.dtype)
         for block in self.transformer_blocks:

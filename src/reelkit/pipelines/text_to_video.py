@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FlowMatchLCMScheduler
 from diffusers.utils import BaseOutput
 
 from reelkit.conventions import TEMPORAL_FACTOR, is_valid_frame_count
@@ -42,7 +42,12 @@ class TextToVideoPipelineOutput(BaseOutput):
 
 
 class TextToVideoPipeline(DiffusionPipeline):
-    """Text-to-video with classifier-free guidance over a flow-matching (or any diffusers) scheduler."""
+    """Text-to-video with classifier-free guidance over a flow-matching (or any diffusers) scheduler.
+
+    A guidance-distilled transformer (``config.guidance_embed``, the T2V-Turbo student) runs one branch per
+    step with the guidance scale as an input; with a consistency scheduler (diffusers'
+    ``FlowMatchLCMScheduler``) it samples in 1 to ``lcm_origin_steps`` steps on the distillation grid.
+    """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
@@ -58,12 +63,23 @@ class TextToVideoPipeline(DiffusionPipeline):
         return self.vae.spatial_compression * self.transformer.config.patch_size
 
     @property
+    def guidance_distilled(self) -> bool:
+        """True for a student that takes the guidance scale as an input (no unconditional branch)."""
+        return bool(getattr(self.transformer.config, "guidance_embed", False))
+
+    @property
+    def consistency_sampling(self) -> bool:
+        """True when the scheduler is a consistency (LCM) sampler: few steps on the distillation grid."""
+        return isinstance(self.scheduler, FlowMatchLCMScheduler)
+
+    @property
     def current_timestep(self):
         """The timestep of the denoising step in progress (None outside a generation)."""
         return getattr(self, "_current_timestep", None)
 
     def check_inputs(self, prompt, negative_prompt, num_frames: int, height: int, width: int,
-                     num_inference_steps: int, guidance_scale: float, output_type: str) -> list[str]:
+                     num_inference_steps: int, guidance_scale: float, output_type: str,
+                     lcm_origin_steps: int = 50) -> list[str]:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ReelkitError("no prompt given")
@@ -77,6 +93,9 @@ class TextToVideoPipeline(DiffusionPipeline):
                              f"transformer's patch {self.transformer.config.patch_size}); got {height}x{width}")
         if num_inference_steps < 1:
             raise ReelkitError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if self.consistency_sampling and num_inference_steps > lcm_origin_steps:
+            raise ReelkitError(f"a consistency sampler takes at most lcm_origin_steps={lcm_origin_steps} steps (the "
+                               f"distillation grid), got {num_inference_steps}")
         if guidance_scale < 1:
             raise ReelkitError(f"guidance_scale must be at least 1 (1 turns guidance off), got {guidance_scale}")
         if output_type not in OUTPUT_TYPES:
@@ -109,11 +128,13 @@ class TextToVideoPipeline(DiffusionPipeline):
     def predict(self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
                 negative_prompt_embeds: torch.Tensor | None, guidance_scale: float, step_index: int,
                 num_inference_steps: int) -> torch.Tensor:
-        """The guided model output at one step; each branch runs in its own cache context."""
+        """The guided model output at one step; each branch runs in its own cache context (a
+        guidance-distilled student runs only the conditional one, with the scale as an input)."""
         timestep = t.expand(latents.shape[0]).to(latents.dtype)
+        extra = {"guidance": latents.new_full((latents.shape[0],), guidance_scale)} if self.guidance_distilled else {}
         with self.transformer.cache_context("cond", step_index=step_index, num_inference_steps=num_inference_steps,
                                             timestep=t):
-            cond = self.transformer(latents, timestep, prompt_embeds).sample
+            cond = self.transformer(latents, timestep, prompt_embeds, **extra).sample
         if negative_prompt_embeds is None:
             return cond
         with self.transformer.cache_context("uncond", step_index=step_index,
@@ -131,27 +152,36 @@ class TextToVideoPipeline(DiffusionPipeline):
                  num_videos_per_prompt: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pt", return_dict: bool = True,
                  callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
-                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)):
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",), lcm_origin_steps: int = 50):
         """Generate ``num_videos_per_prompt`` videos per prompt.
 
-        ``guidance_scale`` 1 disables classifier-free guidance (one model call per step). ``callback_on_step_end``
+        ``guidance_scale`` 1 disables classifier-free guidance (one model call per step); a guidance-distilled
+        student always makes one call per step and takes the scale as an input. With a consistency scheduler
+        the steps are the first of every ``lcm_origin_steps // num_inference_steps`` on the
+        ``lcm_origin_steps``-step grid the student was distilled on (T2V-Turbo's 4 steps: sigma 1, 0.76,
+        0.51, 0.27 of 50). ``callback_on_step_end``
         is called as ``callback(pipe, step_index, timestep, tensors)`` with the tensors named in
         ``callback_on_step_end_tensor_inputs`` and may return replacements for them (diffusers' convention).
         """
         prompts = self.check_inputs(prompt, negative_prompt, num_frames, height, width, num_inference_steps,
-                                    guidance_scale, output_type)
+                                    guidance_scale, output_type, lcm_origin_steps)
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ReelkitError(f"callback tensors must be among {self._callback_tensor_inputs}, got {sorted(unknown)}")
         device = self._execution_device
-        do_cfg = guidance_scale > 1.0
+        do_cfg = guidance_scale > 1.0 and not self.guidance_distilled
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompt, do_cfg,
                                                                    num_videos_per_prompt)
         dtype = self.transformer.dtype
         prompt_embeds = prompt_embeds.to(dtype)
         negative_prompt_embeds = None if negative_prompt_embeds is None else negative_prompt_embeds.to(dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if self.consistency_sampling:
+            self.scheduler.set_timesteps(sigmas=lcm_sigmas(num_inference_steps, lcm_origin_steps), device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        step_options = ({"generator": generator} if self.consistency_sampling and isinstance(generator, torch.Generator)
+                        else {})  # the LCM step re-noises
         latents = self.prepare_latents(len(prompts) * num_videos_per_prompt, num_frames, height, width, dtype,
                                        device, generator, latents)
 
@@ -162,7 +192,7 @@ class TextToVideoPipeline(DiffusionPipeline):
                                if hasattr(self.scheduler, "scale_model_input") else latents)
                 noise_pred = self.predict(model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale, i,
                                           len(timesteps))
-                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_options)[0]
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "prompt_embeds": prompt_embeds,
                                  "negative_prompt_embeds": negative_prompt_embeds}
@@ -189,16 +219,30 @@ class TextToVideoPipeline(DiffusionPipeline):
         return TextToVideoPipelineOutput(frames=frames)
 
 
+def lcm_sigmas(num_steps: int, origin_steps: int = 50, num_train_timesteps: int = 1000) -> list[float]:
+    """The consistency sampler's noise levels: every ``origin_steps // num_steps``-th level of the
+    ``origin_steps``-level flow-matching grid, from pure noise down (LCM's timestep rule; unshifted, the
+    scheduler applies its shift)."""
+    grid = np.linspace(1.0, 1.0 / num_train_timesteps, origin_steps)
+    return grid[:: origin_steps // num_steps][:num_steps].tolist()
+
+
+def consistency_scheduler(shift: float = 1.0) -> FlowMatchLCMScheduler:
+    """The student's scheduler: diffusers' flow-matching LCM sampler (x0 = x - sigma v, then re-noise)."""
+    return FlowMatchLCMScheduler(num_train_timesteps=1000, shift=shift)
+
+
 def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
     """The teacher's scheduler: flow-matching Euler (its training objective), no resolution shift."""
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
-def tiny_pipeline(seed: int = 0, open_gates: bool = False) -> TextToVideoPipeline:
+def tiny_pipeline(seed: int = 0, open_gates: bool = False, student: bool = False) -> TextToVideoPipeline:
     """A randomly initialised pipeline of tiny models, for tests and examples (no files needed).
 
     ``open_gates`` re-draws the adaLN-zero gates and the output layer (zero at initialisation), so the
-    blocks change the output from step to step, as in a trained model: what accelerator tests need."""
+    blocks change the output from step to step, as in a trained model: what accelerator tests need.
+    ``student`` gives it a guidance embedding and the consistency (LCM) scheduler, like a distilled student."""
     from reelkit.models.dit import VideoDiT
     from reelkit.models.text import WorldTextEncoder, build_tokenizer
     from reelkit.vae.cvvae import CVVAE
@@ -206,31 +250,35 @@ def tiny_pipeline(seed: int = 0, open_gates: bool = False) -> TextToVideoPipelin
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     text_encoder = WorldTextEncoder(vocab_size=len(tokenizer), dim=16, num_layers=1, num_heads=2)
-    transformer = VideoDiT(num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16, sample_size=4)
+    transformer = VideoDiT(num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16, sample_size=4,
+                           guidance_embed=student)
     vae = CVVAE(block_out_channels=(8, 8, 8, 8), norm_num_groups=4)
     if open_gates:
         for name, parameter in transformer.named_parameters():
-            if any(key in name for key in ("time_modulation", "proj_out", "scale_shift_table")):
+            if any(key in name for key in ("time_modulation", "proj_out", "scale_shift_table", "cond_proj")):
                 parameter.data.normal_(0, 0.3)
-    pipe = TextToVideoPipeline(transformer.eval(), vae.eval(), text_encoder.eval(), tokenizer, default_scheduler())
+    scheduler = consistency_scheduler() if student else default_scheduler()
+    pipe = TextToVideoPipeline(transformer.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 TEACHER = "teacher"
+BUNDLED = ("teacher", "student")  # the 50-step teacher, and its 4-step T2V-Turbo student
 
 
 def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dtype = torch.float32
                        ) -> TextToVideoPipeline:
-    """Load a saved pipeline folder (``model_index.json``); ``None`` loads the bundled teacher.
+    """Load a saved pipeline folder (``model_index.json``), or a bundled one by name: ``"teacher"`` (also
+    ``None``) or ``"student"`` (the 4-step T2V-Turbo student, sampled with ``FlowMatchLCMScheduler``).
 
-    A folder without a ``vae`` subfolder (the bundled teacher) gets ``vae`` or the bundled CV-VAE.
+    A folder without a ``vae`` subfolder (the bundled ones) gets ``vae`` or the bundled CV-VAE.
     """
     import reelkit.models.dit  # noqa: F401  (diffusers loads only components of modules already imported)
     import reelkit.models.text  # noqa: F401
     from reelkit.vae import load_cvvae
 
-    path = Path(path) if path is not None else ASSETS_DIR / TEACHER
+    path = ASSETS_DIR / (path or TEACHER) if path in (None, *BUNDLED) else Path(path)
     if not (path / "model_index.json").is_file():
         raise ReelkitError(f"{path}: not a text-to-video pipeline folder (no model_index.json)")
     if vae is None and not (path / "vae").is_dir():
@@ -251,5 +299,5 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
     return pipe
 
 
-__all__ = ["TextToVideoPipeline", "TextToVideoPipelineOutput", "default_scheduler", "load_text_to_video",
-           "tiny_pipeline"]
+__all__ = ["TextToVideoPipeline", "TextToVideoPipelineOutput", "consistency_scheduler", "default_scheduler",
+           "lcm_sigmas", "load_text_to_video", "tiny_pipeline"]

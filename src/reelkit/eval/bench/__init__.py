@@ -37,6 +37,7 @@ SUITES: dict[str, str] = {
     "cache": "reelkit.eval.bench.cache",
     "rehash": "reelkit.eval.bench.rehash",
     "memory": "reelkit.eval.bench.memory",
+    "distill": "reelkit.eval.bench.distill",
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
 

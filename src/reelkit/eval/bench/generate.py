@@ -62,18 +62,9 @@ def _adherence_figures(scores: dict[str, float]) -> dict[str, float]:
     return {f"adherence_{key}": value for key, value in scores.items()}
 
 
-def run(ctx: BenchContext) -> list[dict]:
-    torch.manual_seed(0)
-    pipe, judge = _load()
-    pipe.to(ctx.device)
-    judge.to(ctx.device)
-    count = NUM_PROMPTS[ctx.quick]
-    prompts = heldout_prompts(count)
-    reference_seeds = heldout_seeds(count + 32 if ctx.quick else HELDOUT_SIZE)[count:]
-    ctx.settings.update({"prompts": count, "frames": FRAMES, "size": SIZE, "guidance": GUIDANCE,
-                         "scheduler": type(pipe.scheduler).__name__, "reference_clips": len(reference_seeds),
-                         "prompt_examples": prompts[:3]})
-
+def real_clip_features(ctx: BenchContext, judge, count: int, reference_seeds: list[int]):
+    """The judge's reading of the rendered held-out clips: the ``count`` prompts' own clips, then the
+    reference set. Returns ``(seen, labels, features)``."""
     advance = ctx.progress("rendering real held-out clips", count + len(reference_seeds))
     real, labels = [], []
     for seed in heldout_seeds(count) + reference_seeds:
@@ -82,6 +73,27 @@ def run(ctx: BenchContext) -> list[dict]:
         labels.append(clip.labels["objects"])
         advance()
     seen, features = judge_clips(judge, torch.stack(real).to(ctx.device))
+    return seen, labels, features
+
+
+def reference_seeds_for(count: int, quick: bool) -> list[int]:
+    """The held-out clips after the prompts' own: FVD-demo's reference set."""
+    return heldout_seeds(count + 32 if quick else HELDOUT_SIZE)[count:]
+
+
+def run(ctx: BenchContext) -> list[dict]:
+    torch.manual_seed(0)
+    pipe, judge = _load()
+    pipe.to(ctx.device)
+    judge.to(ctx.device)
+    count = NUM_PROMPTS[ctx.quick]
+    prompts = heldout_prompts(count)
+    reference_seeds = reference_seeds_for(count, ctx.quick)
+    ctx.settings.update({"prompts": count, "frames": FRAMES, "size": SIZE, "guidance": GUIDANCE,
+                         "scheduler": type(pipe.scheduler).__name__, "reference_clips": len(reference_seeds),
+                         "prompt_examples": prompts[:3]})
+
+    seen, labels, features = real_clip_features(ctx, judge, count, reference_seeds)
     reference = features[count:]
     rows = [{"method": "real_clips", "clips": count,
              **_adherence_figures(label_accuracy(seen[:count], labels[:count])),

@@ -1,0 +1,362 @@
+"""Recipe: T2V-Turbo, a few-step student by latent consistency distillation with mixed reward feedback.
+
+The student is the teacher's ``VideoDiT`` plus a guidance embedding (``guidance_embed=True``, zero at
+start, trained in full and saved with the weights: the official code leaves it random and unsaved), with
+LoRA adapters (peft, through diffusers' ``add_adapter``) merged into the weights at export. One step
+(Li et al. 2024, T2V-Turbo, Algorithm 1, in flow-matching form):
+
+1. draw ``n`` on the teacher's ``N``-level solver grid and noise the data to ``sigma_n``;
+2. the student's single-step estimate ``f(x_n) = x_n - sigma_n v_student(x_n, w)`` (the consistency
+   function of a flow-matching model: it equals ``x`` at ``sigma = 0``, the boundary condition, exactly);
+3. the teacher's CFG-augmented ODE solver takes ``k`` Euler steps (DDIM for flow matching) with the
+   guidance ``w ~ U[guidance_min, guidance_max]`` drawn per sample, to ``x_{n+k}``;
+4. ``L_CD = d(f(x_n), f_target(x_{n+k}))``, pseudo-Huber (or L2); the target is the online student
+   under no-grad (``target: online``, the released trainer) or an EMA of it (``target: ema``, Algorithm 1);
+5. the rewards: ``f(x_n)`` decoded through the CV-VAE with gradients; the image reward on M sampled
+   frames and the video reward on the clip; ``L = L_CD - beta_img J_img - beta_vid J_vid``.
+
+Which process computes which term is set by ``cd_processes``, ``image_reward_processes`` and
+``video_reward_processes`` (rank lists; ``null``: every process); accelerate averages the gradients,
+so the effective objective is the per-process mix (the paper's 8-GPU split is ``[0..5]`` / ``[0..5]`` /
+``[6, 7]``).
+
+Launch::
+
+    reelkit train distill --config configs/turbo.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m reelkit train distill --config configs/turbo.yaml
+
+The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it, logs
+``output_dir/loss.csv``, and at the end writes the student pipeline folder ``output_dir/model``
+(merged transformer, the teacher's text encoder and tokenizer, diffusers' ``FlowMatchLCMScheduler``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reelkit.errors import ReelkitError
+from reelkit.train.common import (
+    StepClock,
+    apply_gradients,
+    autocast,
+    check_mixed_precision,
+    checkpoint_when_due,
+    load_checkpoint,
+    load_config,
+    start_run,
+)
+
+LOSSES = ("huber", "l2")
+TARGETS = ("online", "ema")
+
+
+@dataclass
+class DistillConfig:
+    output_dir: str = "runs/turbo"
+    teacher: str | None = None  # a text-to-video pipeline folder; None: the bundled teacher
+    latent_cache: str = "runs/t2v_latents"
+    cache_clips: int = 4096  # clips to encode into the cache if it is missing or incomplete
+    num_frames: int = 17
+    size: int = 64
+    # the teacher's solver: N grid levels, k of them per solver step (the paper's 50 DDIM steps, topk 20)
+    num_ddim_timesteps: int = 50
+    skip_steps: int = 1
+    guidance_min: float = 2.0  # w ~ U[min, max], per sample (classifier-free guidance scale, 1 = none)
+    guidance_max: float = 8.0
+    loss: str = "huber"
+    huber_c: float = 0.001
+    target: str = "online"
+    ema_decay: float = 0.95
+    lora_rank: int = 64  # 0 trains every weight instead
+    lora_alpha: float | None = None  # None: the rank
+    lora_dropout: float = 0.1
+    image_reward: str | None = "demo-image"  # a reward name or folder (reelkit.rewards.load_reward)
+    video_reward: str | None = "demo-video"
+    beta_img: float = 1.0
+    beta_vid: float = 2.0
+    reward_frames: int = 5  # M, frames the image reward scores per clip
+    reward_batch_size: int = 2  # clips per process decoded for the rewards
+    cd_processes: list[int] | None = None
+    image_reward_processes: list[int] | None = None
+    video_reward_processes: list[int] | None = None
+    batch_size: int = 24
+    learning_rate: float = 2e-4
+    max_steps: int = 400
+    time_limit_minutes: float | None = None
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"
+    save_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self):
+        check_mixed_precision(self.mixed_precision)
+        if self.loss not in LOSSES:
+            raise ReelkitError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.target not in TARGETS:
+            raise ReelkitError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if not 1 <= self.guidance_min <= self.guidance_max:
+            raise ReelkitError(f"need 1 <= guidance_min <= guidance_max, got {self.guidance_min}, {self.guidance_max}")
+        if not 1 <= self.skip_steps < self.num_ddim_timesteps:
+            raise ReelkitError(f"skip_steps must be in [1, num_ddim_timesteps), got {self.skip_steps}")
+        if self.lora_rank < 0 or self.reward_batch_size < 1 or self.reward_frames < 1:
+            raise ReelkitError("lora_rank must be >= 0, reward_batch_size and reward_frames >= 1")
+        for name in ("beta_img", "beta_vid"):
+            if getattr(self, name) < 0:
+                raise ReelkitError(f"{name} must be >= 0 (a reward weight), got {getattr(self, name)}")
+
+
+class ProcessRoles:
+    """Which terms of the objective this process computes (rank lists from the config; None: all)."""
+
+    def __init__(self, config: DistillConfig, rank: int, num_processes: int):
+        def member(ranks: list[int] | None, name: str) -> bool:
+            if ranks is None:
+                return True
+            bad = [r for r in ranks if not 0 <= int(r) < num_processes]
+            if bad:
+                raise ReelkitError(f"{name} names ranks {bad}, but there are {num_processes} process(es)")
+            return rank in ranks
+
+        self.cd = member(config.cd_processes, "cd_processes")
+        self.image = config.beta_img > 0 and config.image_reward is not None and member(
+            config.image_reward_processes, "image_reward_processes")
+        self.video = config.beta_vid > 0 and config.video_reward is not None and member(
+            config.video_reward_processes, "video_reward_processes")
+        if not (self.cd or self.image or self.video):
+            raise ReelkitError(f"process {rank} computes no term of the objective; check the *_processes lists")
+
+    def __str__(self) -> str:
+        return ", ".join(term for term, on in (("CD", self.cd), ("image reward", self.image),
+                                               ("video reward", self.video)) if on)
+
+
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
+    """``mean(sqrt((a - b)^2 + c^2) - c)`` (Song & Dhariwal 2023; T2V-Turbo's distance)."""
+    return (torch.sqrt((a.float() - b.float()) ** 2 + c**2) - c).mean()
+
+
+def solver_grid(scheduler_config, num_levels: int) -> torch.Tensor:
+    """The teacher's ``num_levels`` noise levels, from pure noise down, then 0: ``(num_levels + 1,)``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(num_levels)
+    return scheduler.sigmas.float()
+
+
+def consistency_estimate(model, x_t: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor,
+                         guidance: torch.Tensor) -> torch.Tensor:
+    """The student's single-step clean estimate ``f(x_t) = x_t - sigma v(x_t, sigma, text, w)``."""
+    velocity = model(x_t, sigma * 1000, text, guidance=guidance).sample
+    return x_t - sigma.view(-1, 1, 1, 1, 1) * velocity.float()
+
+
+@torch.no_grad()
+def teacher_solver_step(teacher, x_t: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                        text: torch.Tensor, uncond: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """One Euler (flow-matching DDIM) step of the teacher's ODE with classifier-free guidance ``w`` per sample."""
+    both = teacher(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]) * 1000, torch.cat([text, uncond])).sample.float()
+    cond, uncond_v = both.chunk(2)
+    w = guidance.view(-1, 1, 1, 1, 1)
+    velocity = uncond_v + w * (cond - uncond_v)
+    return x_t + (sigma_next - sigma).view(-1, 1, 1, 1, 1) * velocity
+
+
+def build_student(teacher, config: DistillConfig):
+    """The teacher's transformer with a (zero) guidance embedding and, if asked, LoRA adapters; returns it
+    with its trainable parameters (LoRA + guidance embedding, or everything)."""
+    from reelkit.models.dit import VideoDiT
+
+    options = {k: v for k, v in teacher.config.items() if not k.startswith("_")}  # not "_use_default_values"
+    student = VideoDiT.from_config({**options, "guidance_embed": True})
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any("cond_proj" not in name for name in missing):
+        raise ReelkitError(f"the teacher's weights do not fit a student (missing {missing}, unexpected {unexpected})")
+    if config.lora_rank == 0:
+        return student, list(student.parameters())
+    from peft import LoraConfig
+
+    targets = [name for name, module in student.named_modules()
+               if isinstance(module, torch.nn.Linear) and "cond_proj" not in name]
+    student.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                                   lora_dropout=config.lora_dropout, init_lora_weights="gaussian",
+                                   target_modules=targets))
+    student.time_embedding.cond_proj.weight.requires_grad_(True)
+    return student, [p for p in student.parameters() if p.requires_grad]
+
+
+def export_student(student, teacher_pipe, destination: Path) -> Path:
+    """Merge the LoRA into the weights and save the student pipeline folder atomically."""
+    from reelkit.pipelines.text_to_video import TextToVideoPipeline, consistency_scheduler
+
+    if getattr(student, "peft_config", None):
+        student.fuse_lora()
+        student.unload_lora()
+    shift = teacher_pipe.scheduler.config.get("shift", 1.0)
+    pipe = TextToVideoPipeline(student.eval(), teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer,
+                               consistency_scheduler(shift))
+    staging = destination.with_name(f".{destination.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging)
+    shutil.rmtree(staging / "vae")  # the pipeline loads the bundled CV-VAE (or the one it is given)
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return destination
+
+
+def train(config: DistillConfig) -> Path:
+    """Run the recipe; return the student pipeline folder ``output_dir/model``."""
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader
+
+    from reelkit.models.text import tokenize_prompts
+    from reelkit.pipelines.text_to_video import load_text_to_video
+    from reelkit.rewards import load_reward
+    from reelkit.train.latent_cache import LatentCache, build_latent_cache
+
+    accelerator, output_dir = start_run(config)
+    roles = ProcessRoles(config, accelerator.process_index, accelerator.num_processes)
+    teacher_pipe = load_text_to_video(config.teacher)
+    vae, text_encoder, tokenizer = teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer
+    for model in (teacher_pipe.transformer, vae, text_encoder):
+        model.requires_grad_(False)
+    if accelerator.is_main_process:
+        build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=vae,
+                           progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
+    accelerator.wait_for_everyone()
+    dataset = LatentCache(config.latent_cache)
+    scaling_factor = vae.config.scaling_factor
+    image_reward = load_reward(config.image_reward, num_sampled_frames=config.reward_frames) if roles.image else None
+    video_reward = load_reward(config.video_reward) if roles.video else None
+    teacher = teacher_pipe.transformer if roles.cd else None
+
+    student, trainable = build_student(teacher_pipe.transformer, config)
+    student.train()
+    ema = EMAModel(trainable, decay=config.ema_decay) if config.target == "ema" else None
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(0.9, 0.999), weight_decay=0.0)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(config.seed))
+    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    step = load_checkpoint(accelerator, output_dir)
+    device = accelerator.device
+    if ema is not None:
+        ema.to(device)
+    for model in (teacher_pipe.transformer, vae, text_encoder):
+        model.to(device)
+    grid = solver_grid(teacher_pipe.scheduler.config, config.num_ddim_timesteps).to(device)  # (N + 1,)
+    with torch.no_grad():
+        empty = tokenize_prompts([""], tokenizer)
+        uncond_text = text_encoder(empty["input_ids"].to(device), empty["attention_mask"].to(device))
+    accelerator.print(f"distilling a student from {config.teacher or 'the bundled teacher'} on {len(dataset)} "
+                      f"cached clips, {accelerator.num_processes} process(es); this one computes {roles}")
+    if step:
+        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
+    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
+    csv_path = output_dir / "loss.csv"
+    if accelerator.is_main_process and not csv_path.exists():
+        csv_path.write_text("step,loss_cd,reward_image,reward_video,seconds_per_step\n")
+
+    def batches():
+        epoch = 0
+        while True:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    clock = StepClock(config.time_limit_minutes)
+    window = torch.zeros(3)
+    stream = batches()
+    unwrapped = accelerator.unwrap_model(student)
+    while step < config.max_steps:
+        batch = next(stream)
+        batch_size = config.batch_size if roles.cd else config.reward_batch_size
+        prompts = list(batch["caption"])[:batch_size]
+        latents = batch["latent"][:batch_size].to(device) * scaling_factor  # (B, C, T, h, w)
+        tokens = tokenize_prompts(prompts, tokenizer)
+        with torch.no_grad():
+            text = text_encoder(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        index = torch.randint(0, config.num_ddim_timesteps, (batch_size,), generator=generator).to(device)
+        sigma = grid[index]
+        sigma_next = grid[(index + config.skip_steps).clamp(max=config.num_ddim_timesteps)]
+        guidance = (config.guidance_min + (config.guidance_max - config.guidance_min)
+                    * torch.rand(batch_size, generator=generator)).to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        x_t = (1 - sigma.view(-1, 1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1, 1) * noise
+        terms = torch.zeros(3)
+        with autocast(config.mixed_precision, device):
+            estimate = consistency_estimate(student, x_t, sigma, text, guidance)  # (B, C, T, h, w), has grad
+            loss = estimate.new_zeros(())
+            if roles.cd:
+                x_next = x_t.float()
+                for k in range(config.skip_steps):  # k solver steps along the grid
+                    level = (index + k).clamp(max=config.num_ddim_timesteps)
+                    x_next = teacher_solver_step(teacher, x_next, grid[level],
+                                                 grid[(level + 1).clamp(max=config.num_ddim_timesteps)], text,
+                                                 uncond_text.expand_as(text), guidance)
+                with torch.no_grad():
+                    if ema is not None:
+                        ema.store(trainable)
+                        ema.copy_to(trainable)
+                    target = consistency_estimate(unwrapped, x_next, sigma_next, text, guidance)
+                    if ema is not None:
+                        ema.restore(trainable)
+                loss_cd = (pseudo_huber(estimate, target, config.huber_c) if config.loss == "huber"
+                           else torch.nn.functional.mse_loss(estimate.float(), target.float()))
+                loss = loss + loss_cd
+                terms[0] = loss_cd.detach().float()
+            if roles.image or roles.video:
+                count = min(config.reward_batch_size, batch_size)
+                video = vae.decode(estimate[:count] / scaling_factor).sample.float()  # (b, 3, T, H, W), has grad
+                if roles.image:
+                    reward_image = image_reward.score(video, prompts[:count], generator).mean()
+                    loss = loss - config.beta_img * reward_image
+                    terms[1] = reward_image.detach().float()
+                if roles.video:
+                    reward_video = video_reward.score(video, prompts[:count], generator).mean()
+                    loss = loss - config.beta_vid * reward_video
+                    terms[2] = reward_video.detach().float()
+        apply_gradients(accelerator, loss, trainable, optimizer, None, config.grad_clip)
+        if ema is not None:
+            ema.step(trainable)
+        step += 1
+        clock.step()
+        window += terms
+        if step % config.log_every == 0 or step == config.max_steps:
+            mean = (window / clock.window).tolist()
+            seconds = clock.seconds_per_step()
+            accelerator.print(f"step {step} loss_cd {mean[0]:.4f} reward_image {mean[1]:.3f} "
+                              f"reward_video {mean[2]:.3f} {seconds:.2f} s/step", flush=True)
+            if accelerator.is_main_process:
+                with csv_path.open("a") as handle:
+                    handle.write(f"{step},{mean[0]:.6f},{mean[1]:.5f},{mean[2]:.5f},{seconds:.3f}\n")
+            window.zero_()
+        _, stop = checkpoint_when_due(accelerator, config, output_dir, step, clock)
+        if stop:
+            break
+
+    model_dir = output_dir / "model"
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(trainable)
+        export_student(accelerator.unwrap_model(student), teacher_pipe, model_dir)
+        accelerator.print(f"wrote {model_dir} (LoRA merged; sample it in 1-8 steps)")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return model_dir
+
+
+def run(config_path: str | Path, **overrides) -> Path:
+    return train(load_config(DistillConfig, config_path, **overrides))
+
+
+__all__ = ["DistillConfig", "build_student", "consistency_estimate", "export_student", "pseudo_huber", "run",
+           "solver_grid", "teacher_solver_step", "train"]
