@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/reelkit bench cache --json docs/bench/cache.json
 	$(BIN)/reelkit bench memory --json docs/bench/memory.json
 	$(BIN)/reelkit bench rehash --json docs/bench/rehash.json
+	$(BIN)/reelkit bench distill --json docs/bench/distill.json --repeats 3
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

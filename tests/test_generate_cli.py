@@ -113,3 +113,23 @@ def test_eval_adherence_bad_input(cli, one_line_error, judge_dir, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     write_video(render_clip(0, 5, 32).video, tmp_path / "clip.mp4")
     assert message in one_line_error(*cli("eval", "adherence", *args, "--judge", judge_dir)[::2])
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    from reelkit.pipelines.text_to_video import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("models") / "tiny_student"
+    tiny_pipeline(student=True).save_pretrained(folder)
+    return folder
+
+
+def test_a_distilled_student_defaults_to_four_steps(cli, student_dir, tmp_path):
+    out = tmp_path / "s.mp4"
+    code, stdout, err = cli("generate", "a red circle moving right", "-o", out, "--model", student_dir, "--frames", "5",
+                            "--size", "32")
+    assert code == 0, err
+    assert "4 steps, guidance 5" in stdout and read_video(out).shape == (3, 5, 32, 32)
+    code, stdout, err = cli("generate", "a red circle moving right", "-o", out, "--model", student_dir, "--frames", "5",
+                            "--size", "32", "--steps", "60")
+    assert code == 2 and "at most lcm_origin_steps=50" in err

@@ -443,8 +443,9 @@ def generate(
     seed: Annotated[int, typer.Option(help="Noise seed (batch mode: seed + line index).")] = 0,
     frames: Annotated[int, typer.Option(help="Frame count, 1+4k.")] = 17,
     size: Annotated[int, typer.Option(help="Height and width, a multiple of 16.")] = 64,
-    model: Annotated[str | None, typer.Option(help="'student' (default: the 4-step T2V-Turbo student), "
-                                              "'teacher' (50 steps with guidance) or a pipeline folder.")] = None,
+    model: Annotated[str | None, typer.Option(help="'student' (default: the 4-step T2V-Turbo student; the "
+                                              "teacher with --cache/--rehash), 'teacher' (50 steps with "
+                                              "guidance) or a pipeline folder.")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Steer away from this (default: empty).")] = None,
     fps: Annotated[float, typer.Option(help="Frame rate of the written files.")] = 8.0,
     sheet: Annotated[Path | None, typer.Option(help="Also save a contact-sheet PNG here (single prompt).")] = None,
@@ -493,12 +494,13 @@ def generate(
     from reelkit.accel.slicing import slicing_config_from_option
 
     slicing_config = slicing_config_from_option(slice_)
-    pipe = _load_generator(model)
+    # the caches pay off over many steps: without --model they run on the teacher
+    pipe = _load_generator(model, default="teacher" if cache_config or rehash or rehash_schedule else "student")
     steps = steps or (FEW_STEPS if pipe.consistency_sampling else 50)
     settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
     from reelkit.accel.step_rehash import config_from_options
 
-    rehash_config = config_from_options(rehash, rehash_schedule, steps, bundled=model == "teacher")
+    rehash_config = config_from_options(rehash, rehash_schedule, steps, bundled=model in (None, "teacher"))
     if rehash_config is not None and cache_config is not None:
         raise ReelkitError("--rehash and --cache are two caches; choose one")
     if slicing_config is not None:
@@ -725,7 +727,8 @@ def eval_adherence(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="Suite to run: world, vae, generate.")],
+    suite: Annotated[str, typer.Argument(help="Suite to run: world, vae, generate, cache, rehash, memory, "
+                                              "distill.")],
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A smaller run (under 3 minutes on 2 CPU cores).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",

@@ -104,3 +104,40 @@ def test_loading_a_folder_that_is_not_a_pipeline_fails_cleanly(tmp_path):
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(ReelkitError, match="cannot load"):
         load_text_to_video(tmp_path)
+
+
+# ------------------------------------------------------------------ guidance-distilled students (T2V-Turbo)
+
+def test_lcm_steps_are_t2v_turbos_timesteps_on_the_50_level_grid():
+    from reelkit.pipelines.text_to_video import lcm_sigmas
+
+    # T2V-Turbo's 4 steps: timesteps 999, 759, 519, 279 of 1000 (grid levels 0, 12, 24, 36 of 50)
+    assert [round(s * 1000) for s in lcm_sigmas(4)] == [1000, 755, 511, 266]
+    assert len(lcm_sigmas(8)) == 8 and lcm_sigmas(1) == [1.0]
+    assert [round(s, 4) for s in lcm_sigmas(8)] == [round(1 - i * 6 * 0.999 / 49, 4) for i in range(8)]
+
+
+def test_a_student_runs_one_call_per_step_with_the_guidance_as_input(monkeypatch):
+    student = tiny_pipeline(open_gates=True, student=True)
+    assert student.guidance_distilled and student.consistency_sampling
+    calls = []
+    forward = student.transformer.forward
+    monkeypatch.setattr(student.transformer, "forward",
+                        lambda *a, **k: calls.append(k.get("guidance")) or forward(*a, **k))
+    for steps in (1, 4, 8):
+        calls.clear()
+        video = run(student, num_inference_steps=steps, guidance_scale=6.0)
+        assert video.shape == (1, 3, 5, 32, 32) and len(calls) == steps
+        assert all(torch.equal(w, torch.tensor([6.0])) for w in calls)
+    assert not torch.equal(run(student, guidance_scale=2.0), run(student, guidance_scale=8.0))
+    assert torch.equal(run(student, seed=1), run(student, seed=1))  # the re-noising is seeded
+    with pytest.raises(ReelkitError, match="at most lcm_origin_steps=50"):
+        run(student, num_inference_steps=51)
+
+
+def test_a_teacher_refuses_guidance_input_and_a_student_needs_it():
+    x, text = torch.randn(1, 8, 2, 4, 4), torch.randn(1, 24, 16)
+    with pytest.raises(ShapeError, match="no guidance embedding"):
+        tiny_pipeline().transformer(x, 500.0, text, guidance=5.0)
+    with pytest.raises(ShapeError, match="guidance-distilled: pass guidance"):
+        tiny_pipeline(student=True).transformer(x, 500.0, text)

@@ -89,7 +89,7 @@ def run(ctx: BenchContext) -> list[dict]:
     count = NUM_PROMPTS[ctx.quick]
     prompts = heldout_prompts(count)
     reference_seeds = reference_seeds_for(count, ctx.quick)
-    _, _, reference = real_clip_features(ctx, judge, 0, reference_seeds)
+    reference = real_clip_features(ctx, judge, count, reference_seeds)[2][count:]
     ctx.settings.update({"prompts": count, "frames": FRAMES, "size": SIZE, "guidance": GUIDANCE,
                          "reference_clips": len(reference_seeds), "pipelines": {k: v[0] for k, v in ROWS.items()},
                          "missing": []})
