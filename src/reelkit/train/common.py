@@ -208,6 +208,26 @@ def checkpoint_when_due(accelerator, config, output_dir: Path, step: int, clock:
     return saved, stop
 
 
+def endless(loader):
+    """Batches from ``loader`` forever, telling a distributed sampler each new epoch (a fresh shuffle)."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def start_loss_log(accelerator, output_dir: Path, header: str, step: int) -> Path:
+    """``output_dir/loss.csv`` with ``header`` (kept when resuming); reports a resume from ``step``."""
+    if step:
+        accelerator.print(f"resumed from {output_dir / CHECKPOINT} at step {step}")
+    csv_path = output_dir / "loss.csv"
+    if accelerator.is_main_process and not csv_path.exists():
+        csv_path.write_text(header + "\n")
+    return csv_path
+
+
 def apply_gradients(accelerator, loss, parameters, optimizer, scheduler=None, max_norm: float = 1.0) -> None:
     """One optimiser step on ``loss``: clear, backward (accelerate scales and syncs), clip to ``max_norm``,
     step the optimiser and the learning-rate schedule."""

@@ -45,8 +45,10 @@ from reelkit.train.common import (
     autocast,
     check_mixed_precision,
     checkpoint_when_due,
+    endless,
     load_checkpoint,
     load_config,
+    start_loss_log,
     start_run,
 )
 
@@ -257,24 +259,13 @@ def train(config: DistillConfig) -> Path:
         uncond_text = text_encoder(empty["input_ids"].to(device), empty["attention_mask"].to(device))
     accelerator.print(f"distilling a student from {config.teacher or 'the bundled teacher'} on {len(dataset)} "
                       f"cached clips, {accelerator.num_processes} process(es); this one computes {roles}")
-    if step:
-        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    csv_path = output_dir / "loss.csv"
-    if accelerator.is_main_process and not csv_path.exists():
-        csv_path.write_text("step,loss_cd,reward_image,reward_video,seconds_per_step\n")
-
-    def batches():
-        epoch = 0
-        while True:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            yield from loader
-            epoch += 1
+    csv_path = start_loss_log(accelerator, output_dir, "step,loss_cd,reward_image,reward_video,seconds_per_step",
+                              step)
 
     clock = StepClock(config.time_limit_minutes)
     window = torch.zeros(3)
-    stream = batches()
+    stream = endless(loader)
     unwrapped = accelerator.unwrap_model(student)
     while step < config.max_steps:
         batch = next(stream)

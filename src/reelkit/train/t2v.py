@@ -33,8 +33,10 @@ from reelkit.train.common import (
     autocast,
     check_mixed_precision,
     checkpoint_when_due,
+    endless,
     load_checkpoint,
     load_config,
+    start_loss_log,
     start_run,
 )
 
@@ -173,25 +175,13 @@ def train(config: T2VTrainConfig) -> Path:
     step = load_checkpoint(accelerator, output_dir)
     accelerator.print(f"training the teacher on {len(dataset)} cached clips, {accelerator.num_processes} "
                       f"process(es), batch {config.batch_size} per process")
-    if step:
-        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
     ema.to(accelerator.device)
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    csv_path = output_dir / "loss.csv"
-    if accelerator.is_main_process and not csv_path.exists():
-        csv_path.write_text("step,loss,lr,seconds_per_step\n")
-
-    def batches():
-        epoch = 0
-        while True:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            yield from loader
-            epoch += 1
+    csv_path = start_loss_log(accelerator, output_dir, "step,loss,lr,seconds_per_step", step)
 
     clock = StepClock(config.time_limit_minutes)
     window_loss = 0.0
-    stream = batches()
+    stream = endless(loader)
     while step < config.max_steps:
         batch = next(stream)
         captions = [c if torch.rand((), generator=generator) >= config.caption_dropout else ""
