@@ -5,14 +5,14 @@ import torch
 
 from reelkit.data.datasets import heldout_seeds
 from reelkit.data.world import random_scene
-from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
-from reelkit.models.judge import load_judge
 from reelkit.paths import bundled_models
 from reelkit.pipelines.text_to_video import load_text_to_video
+from reelkit.rewards import load_reward
 
-# A floor well under the measured figure (docs/bench/distill.json, 64 prompts); over 8 prompts only the
-# object count is steady enough for one, as for the teacher.
-STUDENT_FLOOR = {"count": 0.5}
+# Over 8 prompts the judge's adherence is too noisy for a floor (docs/bench/distill.json has 64); the
+# demo rewards tell a clip's own prompt from another's far more steadily (measured: 0.32 vs 0.00 image,
+# 0.47 vs 0.06 video), so the check is that margin.
+MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +26,24 @@ def test_student_is_bundled_and_samples_with_a_consistency_scheduler(student):
     assert "student" in bundled_models()
     assert student.guidance_distilled and type(student.scheduler).__name__ == "FlowMatchLCMScheduler"
     teacher = load_text_to_video("teacher").transformer.config
-    assert {k: v for k, v in student.transformer.config.items() if k not in ("guidance_embed", "_name_or_path")} \
-        == {k: v for k, v in teacher.items() if k not in ("guidance_embed", "_name_or_path")}
+    def architecture(config):
+        return {k: v for k, v in config.items() if k != "guidance_embed" and not k.startswith("_")}
+
+    assert architecture(student.transformer.config) == architecture(teacher)
     assert student.transformer.time_embedding.cond_proj.weight.abs().sum() > 0  # the trained guidance embedding
 
 
+@torch.no_grad()
 def test_student_follows_heldout_prompts_in_four_steps(student):
     prompts = [random_scene(seed)[1] for seed in heldout_seeds(8)]
     generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     videos = student(prompts, num_inference_steps=4, guidance_scale=5.0, generator=generators).frames
     assert videos.shape == (8, 3, 17, 64, 64)
-    seen, _ = judge_clips(load_judge(), videos)
-    scores = mean_adherence(prompt_adherence(p, s) for p, s in zip(prompts, seen, strict=True))
-    assert scores["count"] >= STUDENT_FLOOR["count"], scores
+    for name in ("demo-image", "demo-video"):
+        reward = load_reward(name)
+        own = reward.score(videos, prompts, torch.Generator().manual_seed(0)).mean()
+        other = reward.score(videos, prompts[1:] + prompts[:1], torch.Generator().manual_seed(0)).mean()
+        assert own > other + MARGIN, (name, own, other)
     assert torch.isfinite(videos).all() and videos.flatten(1).std(1).min() > 0.05  # pictures, not flat frames
 
 
