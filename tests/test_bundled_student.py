@@ -44,7 +44,7 @@ def test_student_follows_heldout_prompts_in_four_steps(student):
         own = reward.score(videos, prompts, torch.Generator().manual_seed(0)).mean()
         other = reward.score(videos, prompts[1:] + prompts[:1], torch.Generator().manual_seed(0)).mean()
         assert own > other + MARGIN, (name, own, other)
-    assert torch.isfinite(videos).all() and videos.flatten(1).std(1).min() > 0.02  # pictures, not flat frames (measured min 0.045)
+    assert torch.isfinite(videos).all() and videos.flatten(1).std(1).min() > 0.02  # not flat (measured: 0.045)
 
 
 def test_generate_uses_the_student_by_default_and_the_teacher_on_request(cli, tmp_path):

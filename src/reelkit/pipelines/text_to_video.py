@@ -12,6 +12,12 @@ and keep one state per branch.
 ...              generator=torch.Generator().manual_seed(0)).frames
 >>> video.shape                                 # (B, C, T, H, W) in [-1, 1]
 torch.Size([1, 3, 5, 32, 32])
+>>> student = tiny_pipeline(student=True)       # load_text_to_video("student") is the bundled T2V-Turbo student
+>>> student.guidance_distilled, type(student.scheduler).__name__
+(True, 'FlowMatchLCMScheduler')
+>>> student("a red circle moving right", num_frames=5, height=32, width=32, num_inference_steps=4,
+...         guidance_scale=5.0, generator=torch.Generator().manual_seed(0)).frames.shape   # 4 calls, no CFG
+torch.Size([1, 3, 5, 32, 32])
 """
 
 from __future__ import annotations

@@ -26,6 +26,17 @@ Launch::
     reelkit train distill --config configs/turbo.yaml
     accelerate launch --multi_gpu --num_processes 2 -m reelkit train distill --config configs/turbo.yaml
 
+In Python, the pieces (a tiny random teacher here)::
+
+>>> import torch
+>>> from reelkit.pipelines.text_to_video import tiny_pipeline
+>>> from reelkit.train.distill import DistillConfig, build_student, consistency_estimate
+>>> teacher = tiny_pipeline().transformer
+>>> student, trainable = build_student(teacher, DistillConfig(lora_rank=4))   # LoRA + guidance embedding
+>>> x_t, sigma, text = torch.randn(2, 8, 2, 4, 4), torch.tensor([0.9, 0.3]), torch.randn(2, 24, 16)
+>>> consistency_estimate(student, x_t, sigma, text, guidance=torch.tensor([5.0, 5.0])).shape
+torch.Size([2, 8, 2, 4, 4])
+
 The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it, logs
 ``output_dir/loss.csv``, and at the end writes the student pipeline folder ``output_dir/model``
 (merged transformer, the teacher's text encoder and tokenizer, diffusers' ``FlowMatchLCMScheduler``).
