@@ -81,6 +81,17 @@ def _swap_in(staging: Path, destination: Path) -> Path:
     return destination
 
 
+def save_pipeline_without_vae(pipe, destination: str | Path) -> Path:
+    """Save a text-to-video pipeline folder atomically, without its ``vae`` (``load_text_to_video`` adds the
+    bundled CV-VAE, or the one it is given)."""
+    destination = Path(destination)
+    staging = destination.with_name(f".{destination.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging)
+    shutil.rmtree(staging / "vae")
+    return _swap_in(staging, destination)
+
+
 def export_fp16(model_cls, source: str | Path, destination: str | Path) -> Path:
     """Re-save a trained model folder as fp16 safetensors (the bundled-asset format), replacing
     ``destination`` in place only once the new copy is complete."""

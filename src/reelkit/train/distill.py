@@ -44,7 +44,6 @@ The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it,
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from reelkit.train.common import (
     endless,
     load_checkpoint,
     load_config,
+    save_pipeline_without_vae,
     start_loss_log,
     start_run,
 )
@@ -216,13 +216,7 @@ def export_student(student, teacher_pipe, destination: Path) -> Path:
     shift = teacher_pipe.scheduler.config.get("shift", 1.0)
     pipe = TextToVideoPipeline(student.eval(), teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer,
                                consistency_scheduler(shift))
-    staging = destination.with_name(f".{destination.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging)
-    shutil.rmtree(staging / "vae")  # the pipeline loads the bundled CV-VAE (or the one it is given)
-    shutil.rmtree(destination, ignore_errors=True)
-    staging.rename(destination)
-    return destination
+    return save_pipeline_without_vae(pipe, destination)
 
 
 def train(config: DistillConfig) -> Path:
@@ -230,7 +224,7 @@ def train(config: DistillConfig) -> Path:
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
 
-    from reelkit.models.text import tokenize_prompts
+    from reelkit.models.text import encode_prompts
     from reelkit.pipelines.text_to_video import load_text_to_video
     from reelkit.rewards import load_reward
     from reelkit.train.latent_cache import LatentCache, build_latent_cache
@@ -268,8 +262,7 @@ def train(config: DistillConfig) -> Path:
         model.to(device)
     grid = solver_grid(teacher_pipe.scheduler.config, config.num_ddim_timesteps).to(device)  # (N + 1,)
     with torch.no_grad():
-        empty = tokenize_prompts([""], tokenizer)
-        uncond_text = text_encoder(empty["input_ids"].to(device), empty["attention_mask"].to(device))
+        uncond_text = encode_prompts([""], tokenizer, text_encoder)
     accelerator.print(f"distilling a student from {config.teacher or 'the bundled teacher'} on {len(dataset)} "
                       f"cached clips, {accelerator.num_processes} process(es); this one computes {roles}")
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
@@ -285,9 +278,8 @@ def train(config: DistillConfig) -> Path:
         batch_size = config.batch_size if roles.cd else config.reward_batch_size
         prompts = list(batch["caption"])[:batch_size]
         latents = batch["latent"][:batch_size].to(device) * scaling_factor  # (B, C, T, h, w)
-        tokens = tokenize_prompts(prompts, tokenizer)
         with torch.no_grad():
-            text = text_encoder(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+            text = encode_prompts(prompts, tokenizer, text_encoder)
         index = torch.randint(0, config.num_ddim_timesteps, (batch_size,), generator=generator).to(device)
         sigma = grid[index]
         sigma_next = grid[(index + config.skip_steps).clamp(max=config.num_ddim_timesteps)]

@@ -20,7 +20,6 @@ bundled one).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from reelkit.train.common import (
     endless,
     load_checkpoint,
     load_config,
+    save_pipeline_without_vae,
     start_loss_log,
     start_run,
 )
@@ -216,12 +216,7 @@ def train(config: T2VTrainConfig) -> Path:
         ema.copy_to(trained.parameters())
         pipe = TextToVideoPipeline(trained.transformer.eval(), vae, trained.text_encoder.eval(), tokenizer,
                                    default_scheduler())
-        staging = output_dir / ".model.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        pipe.save_pretrained(staging)
-        shutil.rmtree(staging / "vae")  # the pipeline loads the bundled CV-VAE (or the one it is given)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        staging.rename(model_dir)
+        save_pipeline_without_vae(pipe, model_dir)
         accelerator.print(f"wrote {model_dir} (EMA weights; loss curve {output_dir / 'loss.png'})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
