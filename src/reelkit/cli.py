@@ -254,6 +254,17 @@ def train_distill(
     console.print(f"student pipeline: {run(config, output_dir=output_dir, max_steps=max_steps)}")
 
 
+@train_app.command("mardini")
+def train_mardini(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/mardini.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
+) -> None:
+    """Train MarDini's planner and generator through the progressive stages named in the config."""
+    from reelkit.train.mardini import run
+
+    console.print(f"MarDini pipeline: {run(config, output_dir=output_dir)}")
+
+
 @train_app.command("export")
 def train_export(
     model_dir: Annotated[Path, typer.Argument(help="A trained model or pipeline folder, e.g. runs/teacher/model.")],
@@ -770,6 +781,10 @@ def _format(value: object) -> str:
         return f"{value:.4g}"
     return str(value)
 
+
+# -------------------------------------------------------------------------- interpolate, animate, extend
+
+import reelkit.cli_mardini  # noqa: E402, F401  (registers MarDini's commands on `app`)
 
 # --------------------------------------------------------------------------------------------- main
 

@@ -50,6 +50,30 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, C, T, H, W)`` latents to ``(B, T*h*w, C*p*p)`` tokens, patchified in space only."""
+    B, C, T, H, W = latents.shape
+    h, w = H // p, W // p
+    return latents.view(B, C, T, h, p, w, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, T * h * w, C * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, num_frames: int, h: int, w: int, p: int) -> torch.Tensor:
+    """The inverse of :func:`patchify`: ``(B, T*h*w, C*p*p)`` to ``(B, C, T, h*p, w*p)``."""
+    B = tokens.shape[0]
+    C = tokens.shape[-1] // (p * p)
+    return tokens.view(B, num_frames, h, w, C, p, p).permute(0, 4, 1, 2, 5, 3, 6).reshape(
+        B, C, num_frames, h * p, w * p)
+
+
+def sincos_positions(dim: int, num_frames: int, h: int, w: int, base_size: int, device=None) -> torch.Tensor:
+    """``(T*h*w, dim)``: a 2D sin-cos grid within frames (laid out for ``base_size``; other sizes
+    interpolate) plus a 1D sin-cos over frames."""
+    spatial = get_2d_sincos_pos_embed(dim, (h, w), base_size=base_size, device=device)  # (S, C)
+    frames = torch.arange(num_frames, device=device, dtype=torch.float32)
+    temporal = get_1d_sincos_pos_embed_from_grid(dim, frames)  # (T, C)
+    return (temporal[:, None] + spatial[None]).reshape(num_frames * h * w, dim)
+
+
 class VideoDiTBlock(nn.Module):
     """One factorised block; ``forward`` maps ``(B, T*S, C)`` to ``(B, T*S, C)``."""
 
@@ -158,10 +182,7 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     def _positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
         dim = self.config.num_attention_heads * self.config.attention_head_dim
         base = max(1, self.config.sample_size // self.config.patch_size)
-        spatial = get_2d_sincos_pos_embed(dim, (height, width), base_size=base, device=self.device)  # (S, C)
-        frames = torch.arange(num_frames, device=self.device, dtype=torch.float32)
-        temporal = get_1d_sincos_pos_embed_from_grid(dim, frames)  # (T, C)
-        return (temporal[:, None] + spatial[None]).reshape(num_frames * height * width, dim)
+        return sincos_positions(dim, num_frames, height, width, base, self.device)
 
     token_chunks: int = 1  # Feature Slicing sets it to run the per-token embedding and output head in slices
 
@@ -198,7 +219,7 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
             raise ShapeError(f"VideoDiT expects latents with {self.config.in_channels} channels and sides divisible "
                              f"by {p}; got {tuple(hidden_states.shape)}")
         h, w = H // p, W // p
-        patches = hidden_states.view(B, C, T, h, p, w, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, T * h * w, C * p * p)
+        patches = patchify(hidden_states, p)
         positions = self.positions(T, h, w)
         x = self._per_token(lambda s: self.patch_embed(patches[:, s]) + positions[s].to(patches.dtype),
                             T * h * w)  # (B, T*S, D)
@@ -217,11 +238,10 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         shift, scale = (self.scale_shift_out[None] + t_emb[:, None]).unbind(1)  # (B, D) each
         x = self._per_token(lambda s: self.proj_out(modulate(self.norm_out(x[:, s]), shift[:, None], scale[:, None])),
                             T * h * w)  # (B, T*S, p*p*C_out)
-        out_channels = self.proj_out.out_features // (p * p)
-        sample = x.view(B, T, h, w, out_channels, p, p).permute(0, 4, 1, 2, 5, 3, 6).reshape(B, out_channels, T, H, W)
+        sample = unpatchify(x, T, h, w, p)
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
 
 
-__all__ = ["VideoDiT", "VideoDiTBlock"]
+__all__ = ["VideoDiT", "VideoDiTBlock", "modulate", "patchify", "sincos_positions", "unpatchify"]

@@ -160,10 +160,10 @@ def autocast(mixed_precision: str, device):
     return stack
 
 
-def start_run(config):
+def start_run(config, kwargs_handlers=None):
     """The opening every recipe shares: threads, an ``Accelerator`` (gloo across CPU processes when there
-    is no CUDA), the seed (offset per process), and ``output_dir`` with the run's ``config.yaml``.
-    Returns ``(accelerator, output_dir)``."""
+    is no CUDA; ``kwargs_handlers`` passed on), the seed (offset per process), and ``output_dir`` with the
+    run's ``config.yaml``. Returns ``(accelerator, output_dir)``."""
     import dataclasses
 
     import torch
@@ -172,7 +172,7 @@ def start_run(config):
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=kwargs_handlers)
     set_seed(config.seed, device_specific=True)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:

@@ -38,6 +38,7 @@ SUITES: dict[str, str] = {
     "rehash": "reelkit.eval.bench.rehash",
     "memory": "reelkit.eval.bench.memory",
     "distill": "reelkit.eval.bench.distill",
+    "mardini": "reelkit.eval.bench.mardini",
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
 
