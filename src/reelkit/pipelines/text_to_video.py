@@ -278,7 +278,9 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
     """Load a saved pipeline folder (``model_index.json``), or a bundled one by name: ``"teacher"`` (also
     ``None``) or ``"student"`` (the 4-step T2V-Turbo student, sampled with ``FlowMatchLCMScheduler``).
 
-    A folder without a ``vae`` subfolder (the bundled ones) gets ``vae`` or the bundled CV-VAE.
+    A folder without a ``vae`` subfolder (the bundled ones) gets ``vae`` or the bundled CV-VAE; one without a
+    ``text_encoder`` (the bundled student: distillation leaves it frozen) gets the teacher's text encoder and
+    tokenizer.
     """
     import reelkit.models.dit  # noqa: F401  (diffusers loads only components of modules already imported)
     import reelkit.models.text  # noqa: F401
@@ -290,6 +292,13 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
     if vae is None and not (path / "vae").is_dir():
         vae = load_cvvae(dtype=dtype)
     extra = {"vae": vae} if vae is not None else {}
+    if not (path / "text_encoder").is_dir():  # the bundled student shares the teacher's (frozen) text encoder
+        from transformers import AutoTokenizer
+
+        from reelkit.models.text import WorldTextEncoder
+
+        extra["text_encoder"] = WorldTextEncoder.from_pretrained(ASSETS_DIR / TEACHER / "text_encoder", dtype=dtype)
+        extra["tokenizer"] = AutoTokenizer.from_pretrained(ASSETS_DIR / TEACHER / "tokenizer")
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # the component-loading bar is noise for a 5-part local folder
