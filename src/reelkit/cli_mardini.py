@@ -74,7 +74,6 @@ def _run(pipe, known, indices: list[int], num_frames: int, long: int | None, ste
     """Check the sides, generate (one window or hierarchically), write, report."""
     import torch
 
-    from reelkit.data.video_io import contact_sheet, write_video
     from reelkit.mardini.masking import check_known_indices
 
     check_known_indices(num_frames, indices)
@@ -88,14 +87,21 @@ def _run(pipe, known, indices: list[int], num_frames: int, long: int | None, ste
         else:
             video = pipe(known, indices, num_frames, **settings).frames[0]
         advance()
+    mode = " (hierarchical)" if long is not None else ""
+    _write(video, output, fps, sheet, f"{what}: {video.shape[1]} frames{mode}", steps, guidance, seed, started)
+
+
+def _write(video, output: Path, fps: float, sheet: Path | None, what: str, steps: int, guidance: float, seed: int,
+           started: float) -> None:
+    from reelkit.data.video_io import contact_sheet, write_video
+
     elapsed = time.perf_counter() - started
     write_video(video, output, fps=fps)
     if sheet is not None:
         contact_sheet(video, sheet)
     height, width = video.shape[-2:]
-    mode = " (hierarchical)" if long is not None else ""
-    console.print(f"wrote {output} ({what}: {video.shape[1]} frames{mode}, {width}x{height}, {steps} steps, "
-                  f"guidance {guidance:g}, seed {seed}) in {elapsed:.1f} s")
+    console.print(f"wrote {output} ({what}, {width}x{height}, {steps} steps, guidance {guidance:g}, seed {seed}) "
+                  f"in {elapsed:.1f} s")
 
 
 def _load(model: Path | None):
@@ -184,7 +190,7 @@ def extend(
     import torch
 
     from reelkit.conventions import round_down_frames
-    from reelkit.data.video_io import contact_sheet, read_video, write_video
+    from reelkit.data.video_io import read_video
 
     _check_common(output, steps, guidance, size, sheet)
     if (add is None) == (long is None):
@@ -207,9 +213,5 @@ def extend(
         extended = pipe.extend(clip, total - length, context=context, num_inference_steps=steps,
                                guidance_scale=guidance, generator=torch.Generator().manual_seed(seed)).frames[0]
         advance()
-    elapsed = time.perf_counter() - started
-    write_video(extended, output, fps=fps)
-    if sheet is not None:
-        contact_sheet(extended, sheet)
-    console.print(f"wrote {output} (expansion: {length} + {total - length} frames, {extended.shape[-1]}x"
-                  f"{extended.shape[-2]}, {steps} steps, guidance {guidance:g}, seed {seed}) in {elapsed:.1f} s")
+    _write(extended, output, fps, sheet, f"expansion: {length} + {total - length} frames", steps, guidance, seed,
+           started)

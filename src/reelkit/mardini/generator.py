@@ -37,7 +37,15 @@ from torch import nn
 
 from reelkit.errors import ShapeError
 from reelkit.mardini.attention import IdentityAttnProcessor
-from reelkit.models.dit import NUM_BRANCHES, VideoDiTBlock, modulate, patchify, sincos_positions, unpatchify
+from reelkit.models.dit import (
+    NUM_BRANCHES,
+    VideoDiTBlock,
+    check_latents,
+    modulate,
+    patchify,
+    sincos_positions,
+    unpatchify,
+)
 
 ATTENTION = ("temporal", "spatiotemporal")
 
@@ -130,11 +138,9 @@ class MarDiniGenerator(ModelMixin, ConfigMixin):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, plan: torch.Tensor | None = None,
                 reference: torch.Tensor | None = None, return_dict: bool = True
                 ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
-        B, C, T, H, W = hidden_states.shape
         p = self.config.patch_size
-        if self.config.in_channels != C or H % p or W % p:
-            raise ShapeError(f"the generator expects latents with {self.config.in_channels} channels and sides "
-                             f"divisible by {p}; got {tuple(hidden_states.shape)}")
+        check_latents("the generator", hidden_states, self.config.in_channels, p)
+        B, C, T, H, W = hidden_states.shape
         h, w = H // p, W // p
         if plan is None:
             plan = self.unconditional_plan(B, T, h, w)

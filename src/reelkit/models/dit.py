@@ -65,6 +65,14 @@ def unpatchify(tokens: torch.Tensor, num_frames: int, h: int, w: int, p: int) ->
         B, C, num_frames, h * p, w * p)
 
 
+def check_latents(name: str, latents: torch.Tensor, in_channels: int, p: int) -> None:
+    """A one-line :class:`ShapeError` unless ``latents`` is ``(B, in_channels, T, H, W)`` with sides divisible
+    by the patch ``p``."""
+    if latents.ndim != 5 or latents.shape[1] != in_channels or latents.shape[3] % p or latents.shape[4] % p:
+        raise ShapeError(f"{name} expects (B, C, T, H, W) latents with {in_channels} channels and sides divisible "
+                         f"by {p}; got {tuple(latents.shape)}")
+
+
 def sincos_positions(dim: int, num_frames: int, h: int, w: int, base_size: int, device=None) -> torch.Tensor:
     """``(T*h*w, dim)``: a 2D sin-cos grid within frames (laid out for ``base_size``; other sizes
     interpolate) plus a 1D sin-cos over frames."""
@@ -213,11 +221,9 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 guidance: torch.Tensor | float | None = None, return_dict: bool = True
                 ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
-        B, C, T, H, W = hidden_states.shape
         p = self.config.patch_size
-        if self.config.in_channels != C or H % p or W % p:
-            raise ShapeError(f"VideoDiT expects latents with {self.config.in_channels} channels and sides divisible "
-                             f"by {p}; got {tuple(hidden_states.shape)}")
+        check_latents("VideoDiT", hidden_states, self.config.in_channels, p)
+        B, C, T, H, W = hidden_states.shape
         h, w = H // p, W // p
         patches = patchify(hidden_states, p)
         positions = self.positions(T, h, w)
@@ -244,4 +250,4 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         return Transformer2DModelOutput(sample=sample)
 
 
-__all__ = ["VideoDiT", "VideoDiTBlock", "modulate", "patchify", "sincos_positions", "unpatchify"]
+__all__ = ["VideoDiT", "VideoDiTBlock", "check_latents", "modulate", "patchify", "sincos_positions", "unpatchify"]
