@@ -23,7 +23,7 @@ def tiny_suite(configure, tiny_judge, tmp_path):
 def test_rows_hold_the_figures_the_issue_asks_for(tiny_suite, tmp_path):
     report = run_suite("mardini", quick=True, repeats=1, report_path=tmp_path / "mardini.json")
     rows = {(r["task"], r.get("dataset"), r["method"]): r for r in report["rows"]}
-    for method in ("mardini", "generator_only", "linear_blend", "optical_flow"):
+    for method in ("mardini", "generator_only", "linear_blend", "optical_flow", "vae_ceiling"):
         row = rows["interpolation", "demo_world", method]
         assert row["psnr_db"] > 0 and 0 < row["ssim"] <= 1 and row["fvd_demo"] >= 0
     for method in ("mardini", "generator_only", "real_clips", "still_image"):
@@ -42,5 +42,5 @@ def test_rows_hold_the_figures_the_issue_asks_for(tiny_suite, tmp_path):
 def test_real_clip_rows_when_the_shared_clips_are_present(tiny_suite, shared_clips):
     report = run_suite("mardini", quick=True, repeats=1)
     real = [r for r in report["rows"] if r.get("dataset") == "real_clips" and r["task"] == "interpolation"]
-    assert {r["method"] for r in real} == {"mardini", "generator_only", "linear_blend", "optical_flow"}
+    assert {r["method"] for r in real} == {"mardini", "generator_only", "linear_blend", "optical_flow", "vae_ceiling"}
     assert all(r["clips"] == len(shared_clips) and r["psnr_db"] > 0 for r in real)

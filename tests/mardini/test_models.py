@@ -118,3 +118,13 @@ def test_training_masks_keep_one_known_and_one_unknown_frame_and_follow_the_rati
     assert wide.max() == 8 and wide.float().mean() > kept.float().mean()
     again = sample_reference_mask(400, 17, (0.06, 0.3), torch.Generator().manual_seed(0))
     assert torch.equal(masks, again)
+
+
+def test_known_frames_get_timestep_zero_unless_the_timestep_is_shared():
+    reference = reference_mask(5, [0, 4], batch=2)
+    t = torch.tensor([300.0, 700.0])
+    per_frame = generator().timesteps(t, reference)
+    assert per_frame[:, [0, 4]].eq(0).all() and per_frame[1, 1:4].eq(700).all()
+    shared = MarDiniGenerator(num_layers=1, num_attention_heads=2, attention_head_dim=8, plan_dim=16,
+                              frame_timesteps=False).timesteps(t, reference)
+    assert shared[0].eq(300).all() and shared[1].eq(700).all()

@@ -10,7 +10,8 @@ its tokens) and the block reuses ``VideoDiTBlock``'s modules. Each block runs (M
 4. an MLP whose input also receives the planning signal, projected and resampled to the token grid,
 
 each as ``x = x + gate * branch(modulate(norm(x)))`` with adaLN-zero from the diffusion timestep. The
-timestep is per frame: known frames are clean (t = 0), frames to generate share the sampler's t.
+timestep is per frame: known frames are clean (t = 0), frames to generate share the sampler's t
+(``frame_timesteps=False``: every frame gets t, as in the paper).
 The planner replaced by the learnable null plan (Z_uncond, ``plan=None``) gives the unconditional
 branch of classifier-free guidance and the generator-only warm-up.
 
@@ -94,9 +95,9 @@ class MarDiniGeneratorBlock(VideoDiTBlock):
 class MarDiniGenerator(ModelMixin, ConfigMixin):
     """Planning-conditioned video DiT over ``(B, C, T, H, W)`` frame latents, predicting the velocity.
 
-    ``timestep`` is ``sigma * 1000``, per sample ``(B,)`` or per frame ``(B, T)``; ``plan`` the planner's
-    ``(B, T, h, w, plan_dim)`` output (any ``h, w``: it is resampled to the token grid) or ``None`` for the
-    null plan; ``reference`` ``(B, T)`` bool marks the known frames for Identity Attention.
+    ``timestep`` is ``sigma * 1000``, per sample ``(B,)`` or per frame ``(B, T)`` (:meth:`timesteps`); ``plan``
+    the planner's ``(B, T, h, w, plan_dim)`` output (any ``h, w``: it is resampled to the token grid) or
+    ``None`` for the null plan; ``reference`` ``(B, T)`` bool marks the known frames for Identity Attention.
     """
 
     _supports_gradient_checkpointing = True
@@ -106,7 +107,7 @@ class MarDiniGenerator(ModelMixin, ConfigMixin):
     def __init__(self, in_channels: int = 8, patch_size: int = 2, num_layers: int = 4,
                  num_attention_heads: int = 4, attention_head_dim: int = 16, plan_dim: int = 128,
                  mlp_ratio: float = 4.0, sample_size: int = 8, frequency_dim: int = 256,
-                 attention: str = "temporal", identity_attention: bool = True):
+                 attention: str = "temporal", identity_attention: bool = True, frame_timesteps: bool = True):
         super().__init__()
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
@@ -130,6 +131,12 @@ class MarDiniGenerator(ModelMixin, ConfigMixin):
             nn.init.zeros_(layer.bias)
         for block in self.transformer_blocks:
             block.scale_shift_table.data[2::3].zero_()
+
+    def timesteps(self, t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` timesteps for the sampler's ``t`` ``(B,)`` or scalar: 0 on known frames, which are clean,
+        and ``t`` elsewhere; with ``frame_timesteps=False`` (the paper's shared timestep) ``t`` everywhere."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=reference.device).reshape(-1, 1).expand(reference.shape)
+        return torch.where(reference, 0.0, t) if self.config.frame_timesteps else t
 
     def unconditional_plan(self, batch: int, num_frames: int, height: int, width: int) -> torch.Tensor:
         """The null plan Z_uncond, ``(B, T, h, w, plan_dim)``."""

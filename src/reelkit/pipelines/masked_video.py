@@ -136,7 +136,7 @@ class MaskedVideoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=z_ref.device)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for t in self.scheduler.timesteps:
-                timestep = torch.where(reference, 0.0, t.float())  # (B, T): known frames are clean
+                timestep = self.generator.timesteps(t, reference)  # (B, T): known frames are clean
                 if guided:
                     velocity = self.generator(torch.cat([latents] * 2), torch.cat([timestep] * 2), plan,
                                               torch.cat([reference] * 2)).sample

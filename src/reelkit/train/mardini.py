@@ -142,7 +142,7 @@ class MarDini(torch.nn.Module):
             plan = torch.where(drop_plan[:, None, None, None, None], null, plan)
         s = sigma[:, None, None, None, None]
         noisy = torch.where(generate, (1 - s) * high + s * noise, high)
-        timestep = torch.where(reference, 0.0, sigma[:, None] * 1000)  # (B, T)
+        timestep = self.generator.timesteps(sigma * 1000, reference)  # (B, T)
         velocity = self.generator(noisy, timestep, plan, reference).sample
         return masked_mse(velocity, noise - high, generate)
 

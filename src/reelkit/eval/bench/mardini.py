@@ -6,7 +6,8 @@ Rows, by ``task``:
   as VIDIM-Bench) and on ``real_clips`` (9-frame windows at 15 fps of the clips in ``../shared/data``,
   centre-cropped to 64 px). Methods: ``mardini`` (planner + generator, 25 steps, no guidance, the paper's
   setting), ``generator_only`` (the same generator on the null plan: the diffusion model alone),
-  ``linear_blend`` and ``optical_flow`` (OpenCV DIS flow, Super SloMo warping; :mod:`reelkit.eval.interpolation`).
+  ``linear_blend`` and ``optical_flow`` (OpenCV DIS flow, Super SloMo warping; :mod:`reelkit.eval.interpolation`),
+  and ``vae_ceiling`` (the true frames through the frame VAE: what a perfect latent-space interpolator scores).
   Figures: ``psnr_db`` and ``ssim`` on the middle frame (VIDIM-Bench's protocol), ``psnr_db_all`` over
   every made frame, ``fvd_demo`` (judge features of the clips vs other held-out clips; demo world only).
 * ``image_to_video``: held-out clips' first frame -> 17 frames (guidance 2.5). The judge reads the
@@ -19,9 +20,11 @@ Rows, by ``task``:
   ``symmetric`` (planner at the generator's resolution), image-to-video at 17 frames, equal steps (25,
   guidance 2.5), at 64 px (the bundled model's size) and 256 px: ``latency_s`` and ``peak_mem_bytes`` of
   planning + denoising (the frame VAE is the same in both and left out), ``planner_tokens``.
-* ``training``: the generator's warm-up loss with (``runs/mardini``) and without
-  (``runs/mardini_no_identity``) Identity Attention, same seed and data; ``loss_first`` / ``loss_last``
-  (mean of the first / last tenth of the stage) and the curves in ``<report>_identity_attention.png``.
+* ``training``: the generator's warm-up loss with and without Identity Attention, same seed and data, once
+  with reelkit's per-frame timestep (known frames at t = 0: ``runs/mardini``, ``runs/mardini_no_identity``)
+  and once with the paper's shared timestep (``runs/mardini_shared_t``, ``..._no_identity``);
+  ``loss_first`` / ``loss_last`` (mean of the first / last tenth of the stage) and the curves in
+  ``<report>_identity_attention.png``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,12 @@ REAL_WINDOWS = {False: 8, True: 2}  # windows per real clip
 REAL_FPS = 15.0
 EFFICIENCY_SIZES = {False: (64, 256), True: (64,)}
 WARMUP_STAGE = "generator_warmup"
-RUNS = {"with_identity_attention": "runs/mardini", "without_identity_attention": "runs/mardini_no_identity"}
+RUNS = {  # the generator's warm-up, with and without Identity Attention, per-frame (ours) or shared (paper) timestep
+    "with_identity_attention": "runs/mardini",
+    "without_identity_attention": "runs/mardini_no_identity",
+    "shared_timestep_with_identity_attention": "runs/mardini_shared_t",
+    "shared_timestep_without_identity_attention": "runs/mardini_shared_t_no_identity",
+}
 LOADER = None  # tests swap in ``LOADER() -> MaskedVideoPipeline``; None: the bundled model
 JUDGE = None
 
@@ -89,6 +97,17 @@ def interpolators(pipe) -> dict:
             "linear_blend": classical(linear_blend), "optical_flow": classical(optical_flow_interpolate)}
 
 
+@torch.no_grad()
+def vae_round_trip(vae, clips: torch.Tensor) -> torch.Tensor:
+    """The true clips through the frame VAE, first and last frames kept: the best any latent-space
+    interpolator can score."""
+    from reelkit.mardini.latents import decode_frames, encode_frames
+
+    made = decode_frames(vae, encode_frames(vae, clips.to(vae.device))).cpu()
+    made[:, :, [0, -1]] = clips[:, :, [0, -1]]
+    return made
+
+
 def real_windows(count: int) -> list[torch.Tensor]:
     """``count`` 9-frame windows at 15 fps from each clip of ``../shared/data`` (64 px centre crops)."""
     from reelkit.data.video_io import probe_video, read_video
@@ -117,7 +136,8 @@ def _interpolation_rows(ctx: BenchContext, pipe, judge, count: int, reference: t
         ctx.settings["missing"].append("interpolation on real_clips: ../shared/data not found")
     rows = []
     for dataset, clips in datasets.items():
-        for method, fn in interpolators(pipe).items():
+        methods = {**interpolators(pipe), "vae_ceiling": lambda clips: vae_round_trip(pipe.vae, clips)}
+        for method, fn in methods.items():
             advance = ctx.progress(f"interpolation, {dataset}: {method}", 1)
             made = _batched(fn, clips)
             row = {"task": "interpolation", "dataset": dataset, "method": method, "clips": len(clips),
@@ -243,7 +263,11 @@ def _plot_curves(curves: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for method, (steps, losses) in curves.items():
-        ax.plot(steps, losses, label=method.replace("_", " "))
+        smooth, value = [], losses[0]
+        for loss in losses:  # an exponential moving average: single windows of 10 steps are noisy
+            value = 0.8 * value + 0.2 * loss
+            smooth.append(value)
+        ax.plot(steps, smooth, label=method.replace("_", " "), linestyle="--" if "shared" in method else "-")
     ax.set_xlabel("step (generator warm-up, null plan)")
     ax.set_ylabel("masked flow-matching loss")
     ax.set_yscale("log")
