@@ -22,7 +22,8 @@ Rows, by ``task``:
   planning + denoising (the frame VAE is the same in both and left out), ``planner_tokens``.
 * ``training``: the generator's warm-up loss with and without Identity Attention, same seed and data, once
   with reelkit's per-frame timestep (known frames at t = 0: ``runs/mardini``, ``runs/mardini_no_identity``)
-  and once with the paper's shared timestep (``runs/mardini_shared_t``, ``..._no_identity``);
+  and with the paper's shared timestep (``runs/mardini_shared_t``, ``..._no_identity``), also with
+  spatio-temporal attention as in the paper's stage (b) (``runs/mardini_st_shared_t``, ``..._no_identity``);
   ``loss_first`` / ``loss_last`` (mean of the first / last tenth of the stage) and the curves in
   ``<report>_identity_attention.png``.
 """
@@ -51,6 +52,8 @@ RUNS = {  # the generator's warm-up, with and without Identity Attention, per-fr
     "without_identity_attention": "runs/mardini_no_identity",
     "shared_timestep_with_identity_attention": "runs/mardini_shared_t",
     "shared_timestep_without_identity_attention": "runs/mardini_shared_t_no_identity",
+    "spatiotemporal_shared_timestep_with_identity_attention": "runs/mardini_st_shared_t",
+    "spatiotemporal_shared_timestep_without_identity_attention": "runs/mardini_st_shared_t_no_identity",
 }
 LOADER = None  # tests swap in ``LOADER() -> MaskedVideoPipeline``; None: the bundled model
 JUDGE = None
@@ -261,17 +264,18 @@ def _plot_curves(curves: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     for method, (steps, losses) in curves.items():
         smooth, value = [], losses[0]
         for loss in losses:  # an exponential moving average: single windows of 10 steps are noisy
             value = 0.8 * value + 0.2 * loss
             smooth.append(value)
-        ax.plot(steps, smooth, label=method.replace("_", " "), linestyle="--" if "shared" in method else "-")
+        style = ":" if "spatiotemporal" in method else "--" if "shared" in method else "-"
+        ax.plot(steps, smooth, label=method.replace("_", " "), linestyle=style)
     ax.set_xlabel("step (generator warm-up, null plan)")
     ax.set_ylabel("masked flow-matching loss")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
