@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from reelkit.errors import ReelkitError, ShapeError
 from reelkit.mardini.latents import decode_frames, downsample, encode_frames
 from reelkit.mardini.masking import check_known_indices, reference_mask
 from reelkit.paths import ASSETS_DIR
+from reelkit.pipelines.text_to_video import default_scheduler  # flow-matching Euler, the training objective
 
 BUNDLED = "mardini"
 WINDOW = 17  # the frames one generator pass makes (the bundled model's training length)
@@ -92,7 +93,7 @@ class MaskedVideoPipeline(DiffusionPipeline):
         """
         order = sorted(range(len(indices)), key=lambda i: indices[i])
         known = self.check_frames(known, list(indices), num_frames)[:, :, order]
-        indices = check_known_indices(num_frames, indices)
+        indices = sorted(indices)
         known = known.to(self._execution_device, self.generator.dtype)
         reference = reference_mask(num_frames, indices, known.shape[0]).to(known.device)  # (B, T)
         scale = (planner_scale or self.config.planner_scale) if use_planner else None
@@ -227,11 +228,6 @@ def key_frame_slots(start: int, end: int, window: int, known: list[int]) -> list
         if abs(slots[i] - p) <= half_stride or not known_set & set(slots):
             slots[i] = p
     return sorted(set(slots))
-
-
-def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    """Euler steps of the flow-matching ODE (shift 1), the training objective's sampler."""
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
 def tiny_masked_pipeline(seed: int = 0) -> MaskedVideoPipeline:

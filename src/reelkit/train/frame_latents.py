@@ -17,7 +17,6 @@ fp16. Shards are written atomically and skipped when present, so a build resumes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,8 +29,7 @@ from torch.utils.data import Dataset
 from reelkit.data.datasets import HELDOUT_SEED_BASE
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
-
-MANIFEST = "manifest.json"
+from reelkit.train.latent_cache import MANIFEST, open_cache_folder, shard_name
 
 
 def _clip(index: int, num_frames: int, size: int, photo_fraction: float) -> torch.Tensor:
@@ -53,21 +51,14 @@ def build_frame_latent_cache(folder: str | Path, num_clips: int, num_frames: int
 
     if not 0 < num_clips < HELDOUT_SEED_BASE:
         raise ReelkitError("the frame-latent cache holds 1 or more training clips, all below the held-out seeds")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     settings = {"num_frames": num_frames, "size": size, "planner_scale": planner_scale,
                 "photo_fraction": photo_fraction, "shard_size": shard_size}
-    manifest_path = folder / MANIFEST
-    if manifest_path.is_file():  # a cache may grow, never change what its clips are
-        previous = json.loads(manifest_path.read_text())
-        if {k: previous.get(k) for k in settings} != settings:
-            raise ReelkitError(f"{folder}: holds a frame-latent cache built with other settings; use a new folder")
-    manifest_path.write_text(json.dumps({"num_clips": num_clips, **settings}, indent=1))
+    folder = open_cache_folder(folder, num_clips, settings, "a frame-latent cache")
     vae = (vae or load_image_vae()).eval()
     done = 0
     for shard in range((num_clips + shard_size - 1) // shard_size):
         indices = range(shard * shard_size, min(num_clips, (shard + 1) * shard_size))
-        path = folder / f"shard_{shard:05d}.safetensors"
+        path = folder / shard_name(shard)
         if path.is_file():
             done += len(indices)
             continue

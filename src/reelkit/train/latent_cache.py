@@ -34,7 +34,21 @@ MANIFEST = "manifest.json"
 LABEL_KEYS = ("shape", "color", "motion", "num_objects")
 
 
-def _shard_name(index: int) -> str:
+def open_cache_folder(folder: str | Path, num_clips: int, settings: dict, what: str) -> Path:
+    """Create ``folder`` and record its manifest; a cache may grow (more clips), never change what its clips
+    are, so a folder built with other ``settings`` is a one-line error."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / MANIFEST
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
+        if {k: previous.get(k) for k in settings} != settings:
+            raise ReelkitError(f"{folder}: holds {what} built with other settings; use a new folder")
+    manifest_path.write_text(json.dumps({"num_clips": num_clips, **settings}, indent=1))
+    return folder
+
+
+def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
@@ -52,20 +66,13 @@ def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17,
 
     if num_clips < 1 or first_seed < 0 or first_seed + num_clips > HELDOUT_SEED_BASE:
         raise ReelkitError("the latent cache holds 1 or more training seeds, all below the held-out split")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     settings = {"num_frames": num_frames, "size": size, "first_seed": first_seed, "shard_size": shard_size}
-    manifest_path = folder / MANIFEST
-    if manifest_path.is_file():  # a cache may grow (more clips), never change what its clips are
-        previous = json.loads(manifest_path.read_text())
-        if {k: previous.get(k) for k in settings} != settings:
-            raise ReelkitError(f"{folder}: holds a latent cache built with other settings; use a new folder")
-    manifest_path.write_text(json.dumps({"num_clips": num_clips, **settings}, indent=1))
+    folder = open_cache_folder(folder, num_clips, settings, "a latent cache")
     vae = (vae or load_cvvae()).eval()
     done = 0
     for shard in range((num_clips + shard_size - 1) // shard_size):
         seeds = list(range(first_seed + shard * shard_size, first_seed + min(num_clips, (shard + 1) * shard_size)))
-        path = folder / _shard_name(shard)
+        path = folder / shard_name(shard)
         if path.is_file():
             done += len(seeds)
             continue
@@ -125,4 +132,4 @@ class LatentCache(Dataset):
                 **{k: self.tensors[k][index] for k in LABEL_KEYS}}
 
 
-__all__ = ["LatentCache", "build_latent_cache"]
+__all__ = ["LatentCache", "build_latent_cache", "open_cache_folder", "shard_name"]

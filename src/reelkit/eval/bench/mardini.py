@@ -84,7 +84,7 @@ def _batched(fn, videos: torch.Tensor, batch: int = 16) -> torch.Tensor:
 
 def interpolators(pipe) -> dict:
     """Method name -> ``fn(clips (B, C, T, H, W)) -> (B, C, T, H, W)`` made from the first and last frames."""
-    from reelkit.eval.interpolation import linear_blend, optical_flow_interpolate
+    from reelkit.eval.interpolation import INTERPOLATORS
 
     def learned(use_planner: bool):
         def fn(clips):
@@ -97,7 +97,7 @@ def interpolators(pipe) -> dict:
         return lambda clips: torch.stack([interpolate(c[:, 0], c[:, -1], c.shape[1]) for c in clips])
 
     return {"mardini": learned(True), "generator_only": learned(False),
-            "linear_blend": classical(linear_blend), "optical_flow": classical(optical_flow_interpolate)}
+            **{name: classical(interpolate) for name, interpolate in INTERPOLATORS.items()}}
 
 
 @torch.no_grad()
