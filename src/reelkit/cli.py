@@ -198,11 +198,14 @@ def train_vae(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/cvvae.yaml.")],
     output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
+    init_from: Annotated[str | None, typer.Option(
+        "--init-from", help="Warm-start from this model folder (e.g. the committed asset) when OUTPUT_DIR holds "
+                            "no checkpoint.")] = None,
 ) -> None:
     """Train the image VAE or the CV-VAE (stage set in the config); resumes from OUTPUT_DIR/checkpoint."""
     from reelkit.train.vae import run
 
-    model_dir = run(config, output_dir=output_dir, max_steps=max_steps)
+    model_dir = run(config, output_dir=output_dir, max_steps=max_steps, init_from=init_from)
     console.print(f"trained model: {model_dir}")
 
 
@@ -732,6 +735,37 @@ def eval_adherence(
     console.print(table)
     scores = prompt_adherence(prompt, seen)
     console.print("agreement: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if v == v))
+
+
+@eval_app.command("ceiling")
+def eval_ceiling(
+    model: Annotated[str, typer.Argument(help="An image VAE or CVVAE folder, or a bundled name (image_vae_f4).")],
+    clips: Annotated[int, typer.Option(help="Held-out demo clips to round-trip (1 to 512).")] = 96,
+    frames: Annotated[int, typer.Option(help="Frames per clip, 1+4k.")] = 17,
+    size: Annotated[int, typer.Option(help="Clip size in pixels (multiple of 8).")] = 64,
+    judge: Annotated[Path | None, typer.Option(help="Judge folder (default: the bundled one).")] = None,
+) -> None:
+    """The judge's reading of held-out clips after a round trip through a VAE: what a generator decoding
+    through it can reach at most."""
+    from reelkit.conventions import round_down_frames
+    from reelkit.data.datasets import HELDOUT_SIZE, heldout_seeds
+    from reelkit.data.world import render_clip
+    from reelkit.eval.ceiling import ceiling_figures, roundtrip_reading
+    from reelkit.models.judge import load_judge
+    from reelkit.vae.ops import load_any_vae, roundtrip_fn
+
+    if not 1 <= clips <= HELDOUT_SIZE:
+        raise ReelkitError(f"--clips must lie in 1..{HELDOUT_SIZE}, got {clips}")
+    frames = round_down_frames(frames)
+    vae = load_any_vae(model)
+    videos = [render_clip(seed, frames, size) for seed in heldout_seeds(clips)]
+    with progress_bars() as task:
+        reading = roundtrip_reading(load_judge(judge), roundtrip_fn(vae), videos,
+                                    advance=task(f"round trips through {type(vae).__name__}", clips))
+    figures = ceiling_figures(reading, videos)
+    console.print(f"{model}: {clips} held-out clips of {frames}x{size}px; judge "
+                  + ", ".join(f"{k[6:]} {v:.3f}" for k, v in figures.items() if k.startswith("judge_"))
+                  + f"; PSNR {figures['psnr_db']:.2f} dB, SSIM {figures['ssim']:.3f}")
 
 
 # -------------------------------------------------------------------------------------------- bench

@@ -58,8 +58,65 @@ def test_resuming_with_a_different_architecture_is_a_clear_error(tmp_path):
         run(changed)
 
 
+def test_init_from_warm_starts_a_fresh_run_from_committed_weights(tmp_path, capsys):
+    """A run folder that is gone (a new machine) starts from the last exported weights, not from scratch."""
+    first = run(image_stage(tmp_path, object_weight=3.0, mixed_precision="bf16"))
+    exported = load_image_vae(first)
+    fresh = tmp_path / "elsewhere"
+    model_dir = main_run = run(image_stage(tmp_path, steps=1), output_dir=str(fresh), init_from=str(first))
+    assert main_run == fresh / "model"
+    warm = load_image_vae(model_dir)
+    cold = load_image_vae(run(image_stage(tmp_path, steps=1, seed=1), output_dir=str(tmp_path / "cold")))
+    start = exported.state_dict()
+    # one small step away from the committed weights, far from a fresh initialisation
+    drift = lambda model: max((model.state_dict()[k] - v).abs().max().item() for k, v in start.items())  # noqa: E731
+    assert drift(warm) < drift(cold) / 5
+
+
+def test_init_from_another_class_or_shape_is_a_clear_error(tmp_path):
+    cv_config = write_config(tmp_path / "cv.yaml", stage="cvvae", output_dir=str(tmp_path / "cv_run"),
+                             image_vae=None, num_frames=5, size=32, batch_size=1, max_steps=1)
+    image_dir = run(image_stage(tmp_path))
+    with pytest.raises(ReelkitError, match="is a AutoencoderKL checkpoint, not a CVVAE one"):
+        run(cv_config, init_from=str(image_dir))
+    wider = image_stage(tmp_path, steps=1)
+    values = yaml.safe_load(wider.read_text())
+    values.update(model={"block_out_channels": [16, 16, 16, 16], "norm_num_groups": 4},
+                  output_dir=str(tmp_path / "wider"), init_from=str(image_dir))
+    wider.write_text(yaml.safe_dump(values))
+    with pytest.raises(ReelkitError, match="does not match the config's architecture: block_out_channels"):
+        run(wider)
+    with pytest.raises(ReelkitError, match="no config.json"):
+        run(image_stage(tmp_path, steps=1), output_dir=str(tmp_path / "x"), init_from=str(tmp_path))
+
+
+def test_object_weights_lift_the_objects_and_their_edges():
+    import torch
+
+    from reelkit.data.datasets import VaeTrainStream
+    from reelkit.train.vae import object_weights, weighted_reconstruction
+
+    video, coverage = next(iter(VaeTrainStream(num_frames=1, size=32, photo_fraction=0.0, with_coverage=True)))
+    assert video.shape == (3, 1, 32, 32) and coverage.shape == (1, 1, 32, 32)
+    assert 0 < coverage.mean() < 0.5 and coverage.max() == 1.0
+    weight = object_weights(coverage[None], 4.0)  # (1, 1, 1, 32, 32)
+    assert weight.min() == 1.0 and weight.max() == 5.0
+    assert (weight > 1).sum() > (coverage > 0).sum()  # one pixel around the objects too
+    target = video[None]
+    off_object = target + 0.1 * (weight == 1)  # an error on the background only
+    on_object = target + 0.1 * (weight > 1)
+    assert weighted_reconstruction(on_object, target, weight, 1.0)[0] > \
+        weighted_reconstruction(on_object, target, None, 1.0)[0]
+    assert weighted_reconstruction(off_object, target, weight, 1.0)[0] < \
+        weighted_reconstruction(off_object, target, None, 1.0)[0]
+    photo, blank = next(iter(VaeTrainStream(num_frames=1, size=32, photo_fraction=1.0, with_coverage=True)))
+    assert torch.count_nonzero(blank) == 0
+
+
 @pytest.mark.parametrize("values, message", [
     ({"stage": "audio"}, "stage must be"),
+    ({"mixed_precision": "fp8"}, "mixed_precision must be"),
+    ({"object_weight": -1.0}, "object_weight must be"),
     ({"mapping": "median"}, "mapping must be"),
     ({"learning_rat": 1e-3}, "unknown config keys learning_rat"),
 ])
@@ -81,9 +138,10 @@ def test_shipped_configs_parse():
 
     from reelkit.train.common import load_config
 
-    for name in ("image_vae", "cvvae"):
+    for name, stage in (("image_vae", "image_vae"), ("cvvae", "cvvae"), ("image_vae_f4", "image_vae"),
+                        ("cvvae_f4", "cvvae")):
         config = load_config(VaeTrainConfig, Path(__file__).parents[2] / "configs" / f"{name}.yaml")
-        assert config.stage == name
+        assert config.stage == stage
 
 
 def test_two_cpu_processes_under_accelerate_launch(tmp_path):

@@ -114,3 +114,16 @@ def test_export_writes_fp16_safetensors_that_load_back(cli, model_dirs, tmp_path
     assert load_cvvae(tmp_path / "bundle_CVVAE").dtype == torch.float32  # loaded for CPU inference
     line = one_line_error(*cli("train", "export", tmp_path, "-o", tmp_path / "x")[::2])
     assert "not a trained model folder" in line
+
+
+def test_eval_ceiling_reads_round_trips_of_either_vae_class(cli, model_dirs, tmp_path, one_line_error):
+    """`reelkit eval ceiling` prints the judge's reading of the round trips through an image VAE or a CV-VAE."""
+    for folder in model_dirs:
+        code, out, err = cli("eval", "ceiling", folder, "--clips", 2, "--frames", 5, "--size", 32)
+        assert code == 0, err
+        assert "2 held-out clips of 5x32px" in out and "shape" in out and "count" in out and "PSNR" in out
+    one_line_error(*cli("eval", "ceiling", model_dirs[0], "--clips", 0)[::2])
+    one_line_error(*cli("eval", "ceiling", model_dirs[0], "--clips", 2, "--size", 30)[::2])
+    one_line_error(*cli("eval", "ceiling", tmp_path / "absent")[::2])
+    (tmp_path / "judge.json").write_text("{}")
+    one_line_error(*cli("eval", "ceiling", tmp_path)[::2])

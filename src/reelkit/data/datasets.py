@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from reelkit.conventions import as_height_width, round_down_frames
-from reelkit.data.world import WorldClip, render_clip
+from reelkit.data.world import WorldClip, object_coverage, render_clip
 
 HELDOUT_SEED_BASE = 1_000_000_000
 HELDOUT_SIZE = 512
@@ -95,11 +95,13 @@ class VaeTrainStream(IterableDataset):
 
     A fraction ``photo_fraction`` of the clips come from :func:`reelkit.data.camera.camera_clip`
     (with ``num_frames=1``: random photo crops); the rest are demo-world clips of training seeds.
-    Streams differ per ``(seed, rank, worker)`` like :class:`WorldStream`. Items are ``(C, T, H, W)``.
+    Streams differ per ``(seed, rank, worker)`` like :class:`WorldStream`. Items are ``(C, T, H, W)``;
+    with ``with_coverage`` they are ``(video, coverage)``, ``coverage`` ``(1, T, H, W)`` the demo world's
+    object coverage (:func:`~reelkit.data.world.object_coverage`; zeros for photo clips).
     """
 
     def __init__(self, num_frames: int = 17, size: int | tuple[int, int] = 64, photo_fraction: float = 0.5,
-                 seed: int = 0, rank: int = 0):
+                 seed: int = 0, rank: int = 0, with_coverage: bool = False):
         if not 0.0 <= photo_fraction <= 1.0:
             raise ValueError(f"photo_fraction must lie in [0, 1], got {photo_fraction}")
         self.num_frames = round_down_frames(num_frames)
@@ -107,8 +109,11 @@ class VaeTrainStream(IterableDataset):
         self.photo_fraction = photo_fraction
         self.seed = seed
         self.rank = rank
+        self.with_coverage = with_coverage
 
     def __iter__(self):
+        import torch
+
         from reelkit.data.camera import camera_clip
 
         worker = get_worker_info()
@@ -117,6 +122,10 @@ class VaeTrainStream(IterableDataset):
         while True:
             seed = int(rng.integers(0, HELDOUT_SEED_BASE))
             if rng.random() < self.photo_fraction:
-                yield camera_clip(seed, self.num_frames, self.size)
+                video = camera_clip(seed, self.num_frames, self.size)
+                coverage = torch.zeros(1, *video.shape[1:]) if self.with_coverage else None
             else:
-                yield render_clip(seed, self.num_frames, self.size).video
+                clip = render_clip(seed, self.num_frames, self.size)
+                video = clip.video
+                coverage = object_coverage(clip.scene, self.num_frames, self.size)[None] if self.with_coverage else None
+            yield video if coverage is None else (video, coverage)

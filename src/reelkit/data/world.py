@@ -355,6 +355,20 @@ def render_scene(scene: Scene, num_frames: int = 17, size: int | tuple[int, int]
     return video.mul_(2).sub_(1)
 
 
+def object_coverage(scene: Scene, num_frames: int = 17, size: int | tuple[int, int] = 64) -> torch.Tensor:
+    """``(T, H, W)`` in ``[0, 1]``: how much of each pixel the scene's objects cover (their union), the
+    frame-by-frame mask of :func:`render_scene` without the background. Losses use it to weight the objects
+    a prompt asks for above the background around them."""
+    height, width = as_height_width(size)
+    coverage = torch.zeros(num_frames, height, width)
+    for t in range(num_frames):
+        tau = t / (num_frames - 1) if num_frames > 1 else 0.0
+        for obj in scene.objects:
+            alpha, rows, cols = _coverage(obj, tau, height, width)
+            coverage[t, rows, cols] = torch.maximum(coverage[t, rows, cols], alpha)
+    return coverage
+
+
 def random_scene(seed: int) -> tuple[Scene, str]:
     """The scene of ``seed`` and its caption (drawn from a stream of its own, so scenes don't shift)."""
     scene = sample_scene(seed)
@@ -376,5 +390,5 @@ def render_clip(seed: int, num_frames: int = 17, size: int | tuple[int, int] = 6
     return WorldClip(render_scene(scene, num_frames, size, progress), caption, scene, seed)
 
 
-__all__ = ["Background", "Scene", "WorldClip", "WorldObject", "random_scene", "render_clip", "render_scene",
-           "sample_scene"]
+__all__ = ["Background", "Scene", "WorldClip", "WorldObject", "object_coverage", "random_scene", "render_clip",
+           "render_scene", "sample_scene"]

@@ -12,12 +12,15 @@ from reelkit.paths import ASSETS_DIR
 
 
 def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dtype = torch.float32):
-    """``model_cls.from_pretrained(path)``; ``path=None`` loads ``assets/<bundled>``.
+    """``model_cls.from_pretrained(path)``; ``path=None`` loads ``assets/<bundled>``, and a bare name that is
+    no folder here but a bundled one (``"image_vae_f4"``) loads that bundled checkpoint.
 
     A folder without a config, a checkpoint of another class, or weights that do not fit the config raise
     :class:`ReelkitError` naming the folder.
     """
     path = Path(path) if path is not None else ASSETS_DIR / bundled
+    if len(path.parts) == 1 and not path.exists() and (ASSETS_DIR / path).is_dir():
+        path = ASSETS_DIR / path
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ReelkitError(f"{path}: not a {model_cls.__name__} folder (no config.json)")

@@ -31,6 +31,8 @@ from reelkit.errors import ReelkitError
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
+    autocast,
+    check_mixed_precision,
     checkpoint_when_due,
     load_checkpoint,
     load_config,
@@ -47,6 +49,7 @@ class VaeTrainConfig:
     stage: str = "image_vae"
     output_dir: str = "runs/image_vae"
     image_vae: str | None = None  # cvvae stage: the image VAE to inflate and regularise against (None: bundled)
+    init_from: str | None = None  # warm start from these weights when output_dir holds no checkpoint
     model: dict = field(default_factory=dict)
     num_frames: int = 1
     size: int = 64
@@ -58,6 +61,7 @@ class VaeTrainConfig:
     time_limit_minutes: float | None = None  # stop (and export) early when the wall clock runs out
     kl_weight: float = 1e-6
     mse_weight: float = 1.0
+    object_weight: float = 0.0  # extra reconstruction weight on (and 1 px around) demo-world objects
     reg_weight: float = 1.0  # decoder regularisation (cvvae stage)
     mapping: str = "random"
     disc_weight: float = 0.0  # 0 disables the 3D PatchGAN
@@ -67,6 +71,7 @@ class VaeTrainConfig:
     log_every: int = 20
     seed: int = 0
     threads: int | None = None
+    mixed_precision: str = "no"  # "bf16": autocast the forward pass (about 1.8x faster on AVX512-BF16 CPUs)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -75,6 +80,9 @@ class VaeTrainConfig:
 
         if self.mapping not in MAPPINGS:
             raise ReelkitError(f"mapping must be one of {', '.join(MAPPINGS)}, got {self.mapping!r}")
+        check_mixed_precision(self.mixed_precision)
+        if self.object_weight < 0:
+            raise ReelkitError(f"object_weight must be >= 0, got {self.object_weight}")
 
 
 class Autoencode(torch.nn.Module):
@@ -91,15 +99,56 @@ class Autoencode(torch.nn.Module):
 
 
 def build_models(config: VaeTrainConfig):
-    """(trainable VAE, frozen image VAE or None) for the config's stage."""
+    """(trainable VAE, frozen image VAE or None) for the config's stage; ``init_from`` weights when set."""
     from reelkit.vae.image_vae import build_image_vae, load_image_vae
 
     if config.stage == "image_vae":
-        return build_image_vae(**config.model), None
+        vae = build_image_vae(**config.model)
+        if config.init_from is not None:
+            vae = _warm_start(vae, load_image_vae(config.init_from), config.init_from)
+        return vae, None
     from reelkit.vae.cvvae import CVVAE
+    from reelkit.vae.ops import load_cvvae
 
     image_vae = load_image_vae(config.image_vae).requires_grad_(False)
-    return CVVAE.from_image_vae(image_vae, **config.model), image_vae
+    vae = CVVAE.from_image_vae(image_vae, **config.model)
+    if config.init_from is not None:
+        vae = _warm_start(vae, load_cvvae(config.init_from), config.init_from)
+    return vae, image_vae
+
+
+def _warm_start(fresh, loaded, path: str):
+    """``loaded`` (fp32, trainable) if its architecture is the one the config builds, else a one-line error."""
+    ignore = {"scaling_factor", "shift_factor", "sample_size", "force_upcast"}
+    differ = sorted(k for k, v in fresh.config.items()
+                    if not k.startswith("_") and k not in ignore and loaded.config.get(k) != v)
+    if differ:
+        shown = ", ".join(f"{k} {loaded.config.get(k)!r} (config: {fresh.config[k]!r})" for k in differ[:3])
+        raise ReelkitError(f"init_from {path}: does not match the config's architecture: {shown}")
+    return loaded.float().train().requires_grad_(True)
+
+
+def weighted_reconstruction(reconstruction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                            mse_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 + ``mse_weight`` * MSE, L1), each a weighted mean over pixels (``weight`` broadcasts over
+    channels; ``None``: uniform)."""
+    error = reconstruction.float() - target
+    if weight is None:
+        l1 = error.abs().mean()
+        return l1 + mse_weight * error.pow(2).mean(), l1
+    norm = weight.mean()
+    l1 = (weight * error.abs()).mean() / norm
+    return l1 + mse_weight * (weight * error.pow(2)).mean() / norm, l1
+
+
+def object_weights(coverage: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """``1 + object_weight`` on the objects and one pixel around them (their edges), 1 elsewhere;
+    ``coverage`` is ``(N, 1, H, W)`` or ``(B, 1, T, H, W)``."""
+    frames = coverage if coverage.ndim == 4 else frames_to_batch(coverage)
+    grown = F.max_pool2d(frames, 3, stride=1, padding=1)
+    if coverage.ndim == 5:
+        grown = batch_to_frames(grown, coverage.shape[0])
+    return 1.0 + object_weight * grown
 
 
 @torch.no_grad()
@@ -135,8 +184,9 @@ def train(config: VaeTrainConfig) -> Path:
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     use_gan = config.disc_weight > 0
     discriminator = PatchDiscriminator3D() if use_gan else None
+    weighted = config.object_weight > 0
     stream = VaeTrainStream(config.num_frames, config.size, config.photo_fraction, config.seed,
-                            accelerator.process_index)
+                            accelerator.process_index, with_coverage=weighted)
     loader = DataLoader(stream, batch_size=config.batch_size, num_workers=0)
     if use_gan:
         disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
@@ -160,18 +210,26 @@ def train(config: VaeTrainConfig) -> Path:
     clock = StepClock(config.time_limit_minutes)
     batches = iter(loader)
     while step < config.max_steps:
-        video = next(batches).to(accelerator.device)  # (B, C, T, H, W)
+        batch = next(batches)
+        video, coverage = batch if weighted else (batch, None)
+        video = video.to(accelerator.device)  # (B, C, T, H, W)
         x = video if is_video else frames_to_batch(video)
-        reconstruction, z, mean, logvar = autoencoder(x)
-        l1 = F.l1_loss(reconstruction, x)
-        mse = F.mse_loss(reconstruction, x)
-        nll = l1 + config.mse_weight * mse
+        weight = None
+        if weighted:
+            weight = object_weights(coverage.to(accelerator.device), config.object_weight)
+            weight = weight if is_video else frames_to_batch(weight)
+        with autocast(config.mixed_precision, accelerator.device):
+            reconstruction, z, mean, logvar = autoencoder(x)
+        reconstruction, z, mean, logvar = reconstruction.float(), z.float(), mean.float(), logvar.float()
+        nll, l1 = weighted_reconstruction(reconstruction, x, weight, config.mse_weight)
         losses = {"l1": l1, "kl": kl_loss(mean, logvar)}
         loss = nll + config.kl_weight * losses["kl"]
         gan_step = use_gan and step >= config.disc_start and step % 2 == 1
         if is_video and config.reg_weight > 0 and not gan_step:
             target = psi(video, config.mapping, generator)
-            losses["reg"] = decoder_regularisation(lambda latents: image_vae.decode(latents).sample, z, target)
+            with autocast(config.mixed_precision, accelerator.device):
+                losses["reg"] = decoder_regularisation(lambda latents: image_vae.decode(latents).sample.float(),
+                                                       z, target)
             loss = loss + config.reg_weight * losses["reg"]
         if use_gan and step >= config.disc_start and not gan_step:
             fake = reconstruction if is_video else batch_to_frames(reconstruction, video.shape[0])

@@ -31,6 +31,36 @@ def load_cvvae(path: str | Path | None = None, dtype: torch.dtype = torch.float3
     return load_model(CVVAE, path, "cvvae", dtype).eval()
 
 
+def load_any_vae(path: str | Path):
+    """An ``AutoencoderKL`` or ``CVVAE`` folder (or bundled name), whichever class its config names."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from reelkit.errors import ReelkitError
+    from reelkit.models.loading import load_model
+    from reelkit.paths import ASSETS_DIR
+
+    folder = Path(path)
+    if len(folder.parts) == 1 and not folder.exists() and (ASSETS_DIR / folder).is_dir():
+        folder = ASSETS_DIR / folder
+    try:
+        name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        name = None
+    classes = {"AutoencoderKL": AutoencoderKL, "CVVAE": CVVAE}
+    if name not in classes:
+        raise ReelkitError(f"{path}: not an AutoencoderKL or CVVAE folder")
+    return load_model(classes[name], folder, name).eval()
+
+
+def roundtrip_fn(vae):
+    """``(B, C, T, H, W) -> same``: the CV-VAE's round trip, or the image VAE's frame by frame."""
+    if isinstance(vae, CVVAE):
+        return lambda video: reconstruct(vae, video)
+    return lambda video: image_vae_reconstruct(vae, video)
+
+
 def _batched(video: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (video[None], True) if video.ndim == 4 else (video, False)
 

@@ -9,6 +9,9 @@ the reference set for FVD-demo is the held-out clips after them, rendered. Rows:
 * ``real_clips``: the rendered clips of the same prompts read by the judge: its accuracy against the
   true labels (``adherence_*``) and the FVD-demo floor; ``judge_accuracy_*`` over every held-out clip
   not in the reference set.
+* ``vae_ceiling``: the same clips after a round trip through the pipeline's VAE, scored against their
+  prompts like a generated clip (``adherence_*``; ``judge_*`` against the labels; ``psnr_db``): the most
+  a generator decoding through that VAE can reach (see :mod:`reelkit.eval.ceiling`).
 
 With a report path, a contact sheet of the first 8 clips of the most-step row is saved next to it
 (columns are clips, time runs down).
@@ -76,6 +79,19 @@ def real_clip_features(ctx: BenchContext, judge, count: int, reference_seeds: li
     return seen, labels, features
 
 
+def vae_ceiling_row(ctx: BenchContext, vae, judge, prompts: list[str]) -> dict:
+    """The ``vae_ceiling`` row: the prompts' own clips through ``vae`` and back, read by the judge."""
+    from reelkit.eval.ceiling import ceiling_figures, roundtrip_reading
+    from reelkit.vae import reconstruct
+
+    clips = [render_clip(seed, FRAMES, SIZE) for seed in heldout_seeds(len(prompts))]
+    advance = ctx.progress(f"VAE round trips of {len(clips)} clips", len(clips))
+    reading = roundtrip_reading(judge, lambda videos: reconstruct(vae, videos.to(ctx.device)), clips,
+                                advance=advance)
+    return {"method": "vae_ceiling", "clips": len(clips), "vae": type(vae).__name__,
+            **ceiling_figures(reading, clips, prompts)}
+
+
 def reference_seeds_for(count: int, quick: bool) -> list[int]:
     """The held-out clips after the prompts' own: FVD-demo's reference set."""
     return heldout_seeds(count + 32 if quick else HELDOUT_SIZE)[count:]
@@ -99,6 +115,8 @@ def run(ctx: BenchContext) -> list[dict]:
              **_adherence_figures(label_accuracy(seen[:count], labels[:count])),
              "fvd_demo": frechet_distance(features[:count], reference),
              **{f"judge_accuracy_{k}": v for k, v in label_accuracy(seen[count:], labels[count:]).items()}}]
+
+    rows.append(vae_ceiling_row(ctx, pipe.vae, judge, prompts))
 
     sheet_clips = None
     for steps in STEPS[ctx.quick]:
