@@ -118,3 +118,59 @@ def test_bench_world_quick_writes_the_report(cli, tmp_path):
     render = next(row for row in report["rows"] if row["method"] == "render")
     assert render["peak_mem_bytes"] > 3 * 17 * 64 * 64 * 4  # at least the output video
     assert next(row for row in report["rows"] if row["method"] == "read_mp4")["psnr_db"] > 30
+
+
+def test_no_command_writes_over_its_own_input(cli, one_line_error, tmp_path):
+    """`-o` naming the input, an existing folder or a path under a file is refused before any work."""
+    from reelkit.data.video_io import write_video
+    from reelkit.data.world import render_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_video(render_clip(0, 5, 32).video, clip)
+    original = clip.read_bytes()
+    (tmp_path / "folder.mp4").mkdir()
+    for output, message in ((clip, "is also an input"), (tmp_path / "folder.mp4", "is a folder"),
+                            (clip / "x.mp4", "is a file")):
+        assert message in one_line_error(*cli("video", "convert", clip, "-o", output)[::2])
+    assert clip.read_bytes() == original
+
+
+def test_export_never_replaces_a_file_or_its_own_source(cli, one_line_error, tmp_path):
+    from reelkit.vae import build_image_vae
+
+    source = tmp_path / "model"
+    build_image_vae(block_out_channels=(8, 8), norm_num_groups=4).save_pretrained(source)
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    assert "not a model folder" in one_line_error(*cli("train", "export", source, "-o", precious)[::2])
+    assert precious.read_text() == "keep me"
+    assert "being exported" in one_line_error(*cli("train", "export", source, "-o", source)[::2])
+    code, _, err = cli("train", "export", source, "-o", tmp_path / "exported")
+    assert code == 0, err
+
+
+def test_an_internal_error_is_one_line_with_exit_code_1_and_debug_shows_it(cli, monkeypatch):
+    import pytest
+
+    import reelkit.data.world as world
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(world, "render_clip", broken)
+    code, _, err = cli("world", "render", "a red circle", "-o", "/tmp/never.mp4")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "internal error (ZeroDivisionError: a bug)" in lines[0]
+    assert "--debug" in lines[0] and "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        cli("--debug", "world", "render", "a red circle", "-o", "/tmp/never.mp4")
+
+
+def test_video_info_counts_the_frames_that_decode(cli, tmp_path):
+    from reelkit.data.video_io import write_video
+    from reelkit.data.world import render_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_video(render_clip(0, 17, 32).video, clip)
+    code, out, err = cli("video", "info", clip)
+    assert code == 0 and "17 frames" in out and "header" not in out

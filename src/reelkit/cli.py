@@ -60,9 +60,53 @@ def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[], None]]]
         yield task
 
 
-def _check_output(path: Path, suffixes: tuple[str, ...]) -> None:
+def _check_output(path: Path, suffixes: tuple[str, ...], *inputs: Path | None) -> None:
+    """Refuse an output that could not be written or would destroy something: a wrong suffix, an existing
+    folder, a parent that is a file, or one of the command's own ``inputs`` (the write replaces the output
+    atomically, only once the command has succeeded)."""
     if path.suffix.lower() not in suffixes:
         raise ReelkitError(f"{path}: output must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ReelkitError(f"{path}: is a folder; give a file name for the output")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ReelkitError(f"{parent}: is a file, so {path} cannot be written")
+    for source in inputs:
+        if source is not None and _same_path(path, source):
+            raise ReelkitError(f"{path}: is also an input of this command; write the output elsewhere")
+
+
+def check_number(option: str, value: float, low: float, high: float, hint: str = "") -> float:
+    """A finite ``value`` in ``[low, high]``, else a one-line error naming ``option``."""
+    import math
+
+    if not (math.isfinite(value) and low <= value <= high):
+        extra = f" ({hint})" if hint else ""
+        raise ReelkitError(f"{option} must be a finite number in [{low:g}, {high:g}]{extra}, got {value}")
+    return value
+
+
+def check_seed(seed: int) -> int:
+    """Seeds are what ``torch.Generator.manual_seed`` takes: 0 to 2**63 - 1."""
+    if not 0 <= seed < 2**63:
+        raise ReelkitError(f"--seed must lie in 0 .. 2**63 - 1, got {seed}")
+    return seed
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    import os
+
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error (exit code 1).")
+                     ] = False,
+) -> None:
+    """reelkit: fast, memory-efficient video diffusion. Bad input is one 'error:' line and exit code 2."""
 
 
 # --------------------------------------------------------------------------------------------- info
@@ -159,11 +203,16 @@ def world_sample(
 
 @video_app.command("info")
 def video_info(path: Annotated[Path, typer.Argument(help="Video file or folder of PNG frames.")]) -> None:
-    """Size, frame rate, length and codec."""
-    from reelkit.data.video_io import probe_video
+    """Size, frame rate, length (frames that decode; a header that promises more is reported) and codec."""
+    from reelkit.data.video_io import count_frames, probe_video
 
     meta = probe_video(path)
-    console.print(f"{meta.path}: {meta.width}x{meta.height}, {meta.fps:g} fps, {meta.num_frames} frames, "
+    with console.status("counting frames"):
+        frames, corrupt = count_frames(path)
+    length = f"{frames} frames"
+    if corrupt or frames != meta.num_frames:
+        length += f" (the header says {meta.num_frames}{'; the data ends in corruption' if corrupt else ''})"
+    console.print(f"{meta.path}: {meta.width}x{meta.height}, {meta.fps:g} fps, {length}, "
                   f"{meta.duration_s:.2f} s, {meta.codec}", highlight=False)
 
 
@@ -179,7 +228,7 @@ def video_convert(
     """Resample, trim and centre-crop a clip the way reelkit models read it; write a video or a contact sheet."""
     from reelkit.data.video_io import WRITERS, contact_sheet, probe_video, read_video, write_video
 
-    _check_output(output, (*WRITERS, ".png"))
+    _check_output(output, (*WRITERS, ".png"), path)
     with progress_bars() as task:
         video = read_video(path, num_frames=frames, fps=fps, size=size, start_s=start,
                            progress=task("reading", frames))
@@ -277,6 +326,10 @@ def train_export(
     src/reelkit/assets/<name> to bundle it."""
     from reelkit.train.common import export_fp16, export_pipeline_fp16
 
+    if output.exists() and _same_path(output, model_dir):
+        raise ReelkitError(f"{output}: is the folder being exported; export to another folder")
+    if output.exists() and not ((output / "config.json").is_file() or (output / "model_index.json").is_file()):
+        raise ReelkitError(f"{output}: exists and is not a model folder; refusing to replace it")
     if (model_dir / "model_index.json").is_file():
         export_pipeline_fp16(model_dir, output)
         console.print(f"wrote {output} (pipeline, fp16)")
@@ -369,7 +422,7 @@ def vae_reconstruct(
     from reelkit.eval.metrics import video_psnr, video_ssim
     from reelkit.vae import reconstruct
 
-    _check_output(output, WRITERS)
+    _check_output(output, WRITERS, path, model)
     vae, video = _vae_and_clip(path, size, frames, fps, start, model, chunk_frames, tile)
     with console.status("reconstructing"):
         output_video = reconstruct(vae, video)
@@ -395,7 +448,7 @@ def vae_encode(
 
     from reelkit.vae.latents import save_latents
 
-    _check_output(output, (".safetensors",))
+    _check_output(output, (".safetensors",), path, model)
     vae, video = _vae_and_clip(path, size, frames, fps, 0.0, model, chunk_frames, tile)
     with console.status("encoding"), torch.no_grad():
         z = vae.encode(video[None]).latent_dist.mode()[0]
@@ -418,7 +471,7 @@ def vae_decode(
     from reelkit.data.video_io import WRITERS, write_video
     from reelkit.vae.latents import load_latents
 
-    _check_output(output, WRITERS)
+    _check_output(output, WRITERS, path, model)
     vae = _load_vae(model, chunk_frames, tile)
     z, fps = load_latents(path, vae)
     with console.status("decoding"), torch.no_grad():
@@ -492,18 +545,20 @@ def generate(
         raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
     if steps is not None and steps < 1:
         raise ReelkitError(f"--steps must be at least 1, got {steps}")
-    if guidance < 1:
-        raise ReelkitError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
+    check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
+    check_number("--fps", fps, 0.1, 1000.0)
+    check_seed(seed)
     if batch:
         prompt_list = read_prompts(prompts)
         if out_dir.exists() and not out_dir.is_dir():
             raise ReelkitError(f"{out_dir}: exists and is not a folder")
     else:
-        _check_output(output, WRITERS)
+        inputs = (Path(model) if model else None, codebook, rehash_schedule)
+        _check_output(output, WRITERS, *inputs)
         if not output.parent.is_dir():
             raise ReelkitError(f"{output.parent}: no such folder for the output")
         if sheet is not None:
-            _check_output(sheet, (".png",))
+            _check_output(sheet, (".png",), output, *inputs)
     cache_config = _cache_config(cache, moreg, codebook)
     from reelkit.accel.slicing import slicing_config_from_option
 
@@ -839,6 +894,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.setLevel(logging.WARNING)
         logger.propagate = False
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # show the traceback of an unexpected failure
+    argv = [a for a in argv if a != "--debug"]
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="reelkit", standalone_mode=False)
@@ -856,6 +913,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as done:
         return done.exit_code
+    except KeyboardInterrupt:
+        err_console.print("error: interrupted", markup=False, highlight=False)
+        return 130
+    except MemoryError:
+        err_console.print("error: out of memory; try a smaller --size, fewer frames, --slice or --chunk-frames",
+                          markup=False, highlight=False)
+        return 2
+    except OSError as error:  # the machine's side: a full disk, a permission, a vanished file
+        if debug:
+            raise
+        err_console.print(f"error: {_one_line(str(error)) or type(error).__name__}", markup=False, highlight=False)
+        return 2
+    except Exception as error:  # a bug in reelkit: say so, in one line, with the way to the traceback
+        if debug:
+            raise
+        err_console.print(f"error: internal error ({type(error).__name__}: {_one_line(str(error))[:300]}); please "
+                          "report it with the command line; --debug shows the traceback", markup=False,
+                          highlight=False)
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from reelkit.cli import IMAGE_SUFFIXES, _check_output, app, console, progress_bars
+from reelkit.cli import IMAGE_SUFFIXES, _check_output, app, check_number, check_seed, console, progress_bars
 from reelkit.errors import ReelkitError, ShapeError
 
 OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or .webm.")]
@@ -40,26 +40,33 @@ def _read_image(path: Path, size: int | None):
     return read_video(path, num_frames=1, size=size)[:, 0]
 
 
-def _check_common(output: Path, steps: int, guidance: float, size: int | None, sheet: Path | None) -> None:
+def _check_common(output: Path, steps: int, guidance: float, size: int | None, sheet: Path | None, fps: float,
+                  seed: int, *inputs: Path | None) -> None:
     from reelkit.conventions import check_size
     from reelkit.data.video_io import WRITERS
 
-    _check_output(output, WRITERS)
+    _check_output(output, WRITERS, *inputs)
     if not output.parent.is_dir():
         raise ReelkitError(f"{output.parent}: no such folder for the output")
     if sheet is not None:
-        _check_output(sheet, (".png",))
+        _check_output(sheet, (".png",), output, *inputs)
     if steps < 1:
         raise ReelkitError(f"--steps must be at least 1, got {steps}")
-    if guidance < 1:
-        raise ReelkitError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
+    check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
+    check_number("--fps", fps, 0.1, 1000.0)
+    check_seed(seed)
     if size is not None and check_size(size) % 16:
         raise ShapeError(f"--size {size} is not a multiple of 16")
+
+
+MAX_LONG_FRAMES = 1025  # hierarchical generation beyond this is hours on a CPU; refuse it up front
 
 
 def _frame_count(frames: int, long: int | None) -> int:
     from reelkit.conventions import round_down_frames
 
+    if long is not None and not 1 <= long <= MAX_LONG_FRAMES:
+        raise ReelkitError(f"--long must lie in 1 .. {MAX_LONG_FRAMES} frames, got {long}")
     return round_down_frames(long if long is not None else frames)
 
 
@@ -131,7 +138,7 @@ def interpolate(
     """Video interpolation (MarDini): the frames between FIRST and LAST."""
     import torch
 
-    _check_common(output, steps, guidance, size, sheet)
+    _check_common(output, steps, guidance, size, sheet, fps, seed, first, last, model)
     num_frames = _frame_count(frames, long)
     a, b = _read_image(first, size), _read_image(last, size)
     if a.shape != b.shape:
@@ -158,7 +165,7 @@ def animate(
     sheet: SheetOption = None,
 ) -> None:
     """Image-to-video (MarDini): a clip in which IMAGE is frame --at."""
-    _check_common(output, steps, guidance, size, sheet)
+    _check_common(output, steps, guidance, size, sheet, fps, seed, image, model)
     num_frames = _frame_count(frames, long)
     position = at + num_frames if at < 0 else at
     if not 0 <= position < num_frames:
@@ -192,7 +199,9 @@ def extend(
     from reelkit.conventions import round_down_frames
     from reelkit.data.video_io import read_video
 
-    _check_common(output, steps, guidance, size, sheet)
+    _check_common(output, steps, guidance, size, sheet, fps, seed, video, model)
+    if read_fps is not None:
+        check_number("--read-fps", read_fps, 0.1, 1000.0)
     if (add is None) == (long is None):
         raise ReelkitError("give --add N (frames to add) or --long N (total frames, hierarchical), not both")
     if context < 1:

@@ -125,7 +125,9 @@ class Codebook:
 
     def save(self, path: str | Path, **metadata: Any) -> None:
         entries = [{"threshold": t, "rate": r} for t, r in zip(self.thresholds, self.rates, strict=True)]
-        Path(path).write_text(json.dumps({"codebook": entries, **metadata}, indent=2) + "\n")
+        from reelkit.files import write_json
+
+        write_json(path, {"codebook": entries, **metadata})
 
     def scaled(self, factor: float) -> Codebook:
         """The same thresholds with reuse lengths multiplied by ``factor`` (e.g. to move a book to more steps)."""

@@ -294,13 +294,15 @@ class RehashSchedule:
 
     def save(self, path: str | Path, **metadata: Any) -> None:
         """Write JSON (the Gram matrix rows one per line, so the file stays readable and small)."""
+        from reelkit.files import write_json
+
         data = self.to_json(**metadata)
         rows = data.pop("gram", None)
         text = json.dumps(data, indent=2)
         if rows is not None:
             body = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in rows)
             text = text[:-2] + ',\n  "gram": [\n' + body + "\n  ]\n}"
-        Path(path).write_text(text + "\n")
+        write_json(path, {**data, "gram": rows}, text=text)
 
     @classmethod
     def load(cls, path: str | Path) -> RehashSchedule:

@@ -108,6 +108,22 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                          duration, stream.codec_context.name)
 
 
+def count_frames(path: str | os.PathLike) -> tuple[int, bool]:
+    """``(frames that decode, whether the data ends in corruption)``: the true length of a file whose
+    header may promise more (a truncated download), found by decoding it."""
+    path = Path(path)
+    _check_exists(path)
+    count = 0
+    try:
+        for _ in _timed_frames(path):
+            count += 1
+    except VideoReadError:
+        if count == 0:
+            raise
+        return count, True
+    return count, False
+
+
 def _resize_plan(src_h: int, src_w: int, size: int | tuple[int, int] | None) -> tuple[int, int, int, int]:
     """(resized_h, resized_w, out_h, out_w): scale to cover the output, then centre-crop to it."""
     if size is None:
@@ -205,10 +221,10 @@ def read_video(path: str | os.PathLike, num_frames: int | None = None, fps: floa
     _check_exists(path)
     if num_frames is not None:
         num_frames = round_down_frames(num_frames)
-    if fps is not None and fps <= 0:
-        raise ReelkitError(f"fps must be positive, got {fps}")
-    if start_s < 0:
-        raise ReelkitError(f"start time must be >= 0 s, got {start_s}")
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise ReelkitError(f"fps must be a finite number in (0, 1000], got {fps}")
+    if not (math.isfinite(start_s) and start_s >= 0):
+        raise ReelkitError(f"start time must be a finite number >= 0 s, got {start_s}")
 
     frames: list[np.ndarray] = []
     plan = None
@@ -226,6 +242,11 @@ def read_video(path: str | os.PathLike, num_frames: int | None = None, fps: floa
         rate = f" at {fps:g} fps" if fps else ""
         raise VideoReadError(f"{path}: only {len(frames)} frames{rate} from {start_s:g} s; {num_frames} requested")
     if num_frames is None:
+        if start_s == 0 and fps is None and not path.is_dir():
+            promised = probe_video(path).num_frames
+            if promised > len(frames) + 1:
+                logger.warning("%s: the file promises %d frames but only %d decode (truncated?)", path, promised,
+                               len(frames))
         frames = frames[: 1 + 4 * ((len(frames) - 1) // 4)]
     video = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
     return video.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
@@ -249,6 +270,10 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
         video = video.expand(3, -1, -1, -1)
     if video.shape[0] != 3:
         raise ReelkitError(f"expected 1 or 3 channels, got {video.shape[0]}")
+    if not torch.isfinite(video).all():  # NaN would be written as black: a broken model or input, say so
+        bad = int((~torch.isfinite(video)).sum())
+        raise ReelkitError(f"the video holds {bad} non-finite (NaN or inf) values out of {video.numel()}: the "
+                           "model or its inputs are broken; nothing was written")
     pixels = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return pixels.permute(1, 2, 3, 0).contiguous().numpy()
 
@@ -278,8 +303,8 @@ def write_video(video: torch.Tensor, path: str | os.PathLike, fps: float = 8.0, 
     suffix = path.suffix.lower()
     if suffix not in WRITERS:
         raise ReelkitError(f"{path}: cannot write '{suffix or 'no suffix'}'; use one of {', '.join(WRITERS)}")
-    if not fps > 0:
-        raise ReelkitError(f"fps must be positive, got {fps}")
+    if not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise ReelkitError(f"fps must be a finite number in (0, 1000], got {fps}")
     frames = to_uint8_frames(video)
     with atomic_path(path) as tmp:
         if suffix == ".gif":

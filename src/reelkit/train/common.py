@@ -10,8 +10,10 @@ from pathlib import Path
 import yaml
 
 from reelkit.errors import ReelkitError
+from reelkit.files import atomic_path
 
 CHECKPOINT = "checkpoint"
+TRAINER_STATE = "trainer_state.json"
 
 
 def load_config(cls, path: str | Path, **overrides):
@@ -26,28 +28,83 @@ def load_config(cls, path: str | Path, **overrides):
     if not isinstance(values, dict):
         raise ReelkitError(f"{path}: a config is a mapping of keys to values")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if not values:
+        raise ReelkitError(f"{path}: the config is empty; it needs at least the keys that differ from the defaults")
+    import typing
+
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ReelkitError(f"{path}: unknown config keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name, value in values.items():
+        check_field(path, name, value, hints[name])
     try:
         return cls(**values)
     except TypeError as error:
         raise ReelkitError(f"{path}: {error}") from None
 
 
+RANGES = {  # fields every recipe shares: (lowest, highest) allowed; None: unbounded
+    "max_steps": (1, None), "save_every": (1, None), "log_every": (1, None), "batch_size": (1, None),
+    "warmup_steps": (0, None), "learning_rate": (1e-12, 1.0), "time_limit_minutes": (0, None),
+    "threads": (1, 1024), "seed": (0, 2**63 - 1), "grad_clip": (1e-12, None), "num_frames": (1, 4097),
+    "size": (8, 4096), "ema_decay": (0.0, 1.0), "cache_size": (1, None),
+}
+"""Ranges checked wherever a config has the field (zero intervals would divide by zero or never save)."""
+
+
+def check_field(path: Path, name: str, value, hint) -> None:
+    """One config value against its dataclass type (``int``, ``float``, ``str``, ``bool``, ``list``, ``dict``,
+    ``X | None``) and, for the shared fields, :data:`RANGES`; a one-line error otherwise."""
+    import math
+    import types
+    import typing
+
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if value is None:
+        if type(None) not in options:
+            raise ReelkitError(f"{path}: {name} may not be empty (null)")
+        return
+    bases = {typing.get_origin(o) or o for o in options if o is not type(None)}
+    ok = any(
+        (base is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (base is int and isinstance(value, int) and not isinstance(value, bool))
+        or (base in (str, bool, dict) and isinstance(value, base))
+        or (base in (list, tuple) and isinstance(value, list | tuple))
+        for base in bases) or not bases & {int, float, str, bool, dict, list, tuple}
+    if not ok:
+        wanted = " or ".join(sorted(getattr(b, "__name__", str(b)) for b in bases))
+        raise ReelkitError(f"{path}: {name} must be {wanted}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ReelkitError(f"{path}: {name} must be a finite number, got {value}")
+    if name in RANGES and isinstance(value, int | float):
+        low, high = RANGES[name]
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ReelkitError(f"{path}: {name} must be {bound}, got {value}")
+
+
 def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None = None) -> Path:
-    """Save the full training state to ``output_dir/checkpoint`` atomically (write aside, then swap)."""
+    """Save the full training state to ``output_dir/checkpoint`` atomically (write aside, then swap).
+
+    A kill at any instant leaves at least one complete copy that :func:`recover_checkpoint` finds: the
+    staged copy is complete once its ``trainer_state.json`` exists (written last, atomically), and the
+    previous checkpoint is only deleted after the new one is in place."""
     final = output_dir / CHECKPOINT
     staging = output_dir / f".{CHECKPOINT}-{step}.tmp"
+    retired = output_dir / f".{CHECKPOINT}-old"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
-        (staging / "trainer_state.json").write_text(json.dumps({"step": step, **(extra or {})}))
-        retired = output_dir / f".{CHECKPOINT}-old"
+        with atomic_path(staging / TRAINER_STATE) as tmp:
+            tmp.write_text(json.dumps({"step": step, **(extra or {})}))
+        # a retired copy left by a kill during its deletion would block the rename below
+        shutil.rmtree(retired, ignore_errors=True)
         if final.exists():
             final.rename(retired)
         staging.rename(final)
@@ -56,17 +113,62 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None
     return final
 
 
-def load_checkpoint(accelerator, output_dir: Path) -> int:
-    """Restore ``output_dir/checkpoint`` if present; return the step to continue from (0 if none)."""
+def _saved_step(folder: Path) -> int | None:
+    """The step of a complete checkpoint folder, ``None`` for a partial or foreign one."""
+    try:
+        return int(json.loads((folder / TRAINER_STATE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recover_checkpoint(output_dir: Path) -> int | None:
+    """Make ``output_dir/checkpoint`` the newest complete copy a killed save left behind (the staged
+    ``.checkpoint-N.tmp`` or the retired ``.checkpoint-old``), delete partial copies, and return its step
+    (``None``: no complete copy)."""
     final = output_dir / CHECKPOINT
-    if not (final / "trainer_state.json").is_file():
+    copies = [final, output_dir / f".{CHECKPOINT}-old", *output_dir.glob(f".{CHECKPOINT}-*.tmp")]
+    complete = [(step, folder) for folder in copies if folder.is_dir()
+                and (step := _saved_step(folder)) is not None]
+    if not complete:
+        return None
+    step, newest = max(complete, key=lambda pair: (pair[0], pair[1] == final))
+    if newest != final:
+        if final.exists():
+            aside = output_dir / f".{CHECKPOINT}-partial"
+            shutil.rmtree(aside, ignore_errors=True)
+            final.rename(aside)
+        newest.rename(final)
+    for folder in copies[1:] + [output_dir / f".{CHECKPOINT}-partial"]:
+        if folder != newest:
+            shutil.rmtree(folder, ignore_errors=True)
+    return step
+
+
+def load_checkpoint(accelerator, output_dir: Path, config=None) -> int:
+    """Restore ``output_dir/checkpoint`` (recovering it from a killed save first) and return the step to
+    continue from (0 if none). Once it is restored, ``config`` (if given) is recorded as the run's
+    ``config.yaml``: a resume refused for a changed config leaves the run folder as it was."""
+    if accelerator.is_main_process and output_dir.is_dir():
+        recover_checkpoint(output_dir)
+    accelerator.wait_for_everyone()
+    final = output_dir / CHECKPOINT
+    step = _saved_step(final) if final.is_dir() else None
+    if step is None:
+        _record_config(accelerator, config, output_dir)
         return 0
     try:
         accelerator.load_state(str(final))
     except (RuntimeError, KeyError, ValueError) as error:
         raise ReelkitError(f"{final}: checkpoint does not match this config ({' '.join(str(error).split())[:200]})"
                            ) from None
-    return int(json.loads((final / "trainer_state.json").read_text())["step"])
+    _record_config(accelerator, config, output_dir)
+    return step
+
+
+def _record_config(accelerator, config, output_dir: Path) -> None:
+    if config is not None and accelerator.is_main_process:
+        with atomic_path(output_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
 def _swap_in(staging: Path, destination: Path) -> Path:
@@ -162,10 +264,9 @@ def autocast(mixed_precision: str, device):
 
 def start_run(config, kwargs_handlers=None):
     """The opening every recipe shares: threads, an ``Accelerator`` (gloo across CPU processes when there
-    is no CUDA; ``kwargs_handlers`` passed on), the seed (offset per process), and ``output_dir`` with the
-    run's ``config.yaml``. Returns ``(accelerator, output_dir)``."""
-    import dataclasses
-
+    is no CUDA; ``kwargs_handlers`` passed on), the seed (offset per process), and ``output_dir``
+    (:func:`load_checkpoint` records the run's ``config.yaml`` once a resume is accepted). Returns
+    ``(accelerator, output_dir)``."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -177,7 +278,6 @@ def start_run(config, kwargs_handlers=None):
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     return accelerator, output_dir
 
 
@@ -230,13 +330,26 @@ def endless(loader):
 
 
 def start_loss_log(accelerator, output_dir: Path, header: str, step: int) -> Path:
-    """``output_dir/loss.csv`` with ``header`` (kept when resuming); reports a resume from ``step``."""
+    """``output_dir/loss.csv`` with ``header`` (kept when resuming); reports a resume from ``step`` and
+    drops the rows logged after it (a killed run's steps since its last checkpoint are run again)."""
     if step:
         accelerator.print(f"resumed from {output_dir / CHECKPOINT} at step {step}")
     csv_path = output_dir / "loss.csv"
-    if accelerator.is_main_process and not csv_path.exists():
-        csv_path.write_text(header + "\n")
+    if accelerator.is_main_process:
+        lines = csv_path.read_text().splitlines() if csv_path.exists() else []
+        if not lines or lines[0] == header:
+            kept = [header] + [line for line in lines[1:] if _logged_step(line) <= step]
+            if kept != lines:
+                with atomic_path(csv_path) as tmp:
+                    tmp.write_text("\n".join(kept) + "\n")
     return csv_path
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return float("inf")  # a torn last line from a kill: dropped
 
 
 def apply_gradients(accelerator, loss, parameters, optimizer, scheduler=None, max_norm: float = 1.0) -> None:

@@ -254,7 +254,7 @@ def train(config: DistillConfig) -> Path:
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    step = load_checkpoint(accelerator, output_dir)
+    step = load_checkpoint(accelerator, output_dir, config)
     device = accelerator.device
     if ema is not None:
         ema.to(device)

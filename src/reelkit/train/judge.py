@@ -103,7 +103,7 @@ def train(config: JudgeTrainConfig) -> Path:
     loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers)
     judge, optimizer = accelerator.prepare(judge, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    step = load_checkpoint(accelerator, output_dir)
+    step = load_checkpoint(accelerator, output_dir, config)
     if step:
         accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)

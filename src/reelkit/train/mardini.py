@@ -206,7 +206,7 @@ def train(config: MarDiniTrainConfig) -> Path:
                         generator=torch.Generator().manual_seed(config.seed))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
-    step = load_checkpoint(accelerator, output_dir)
+    step = load_checkpoint(accelerator, output_dir, config)
     accelerator.print(f"training MarDini on {len(dataset)} cached clips, {accelerator.num_processes} process(es), "
                       f"batch {config.batch_size}, stages {', '.join(f'{s.name} ({s.steps})' for s in config.stages)}")
     rng = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)

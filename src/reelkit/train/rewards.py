@@ -186,7 +186,7 @@ def train(config: RewardsTrainConfig) -> Path:
                         collate_fn=_collate)
     models, optimizer = accelerator.prepare(models, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    step = load_checkpoint(accelerator, output_dir)
+    step = load_checkpoint(accelerator, output_dir, config)
     if step:
         accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)

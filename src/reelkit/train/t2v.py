@@ -172,7 +172,7 @@ def train(config: T2VTrainConfig) -> Path:
     denoiser, optimizer, loader = accelerator.prepare(denoiser, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(ema)
-    step = load_checkpoint(accelerator, output_dir)
+    step = load_checkpoint(accelerator, output_dir, config)
     accelerator.print(f"training the teacher on {len(dataset)} cached clips, {accelerator.num_processes} "
                       f"process(es), batch {config.batch_size} per process")
     ema.to(accelerator.device)

@@ -13,7 +13,8 @@ Launch (configs carry the command in their header)::
 (``--multi_gpu`` selects accelerate's torchrun launcher; without CUDA the processes train on CPU over
 gloo. ``torchrun --nproc_per_node 2 -m reelkit train vae ...`` works the same.)
 
-The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it; at the end it writes
+The run checkpoints atomically to ``output_dir/checkpoint`` and resumes from it (``init_from`` warm-starts a
+run whose folder is gone from exported weights), logs ``output_dir/loss.csv``, and at the end writes
 ``output_dir/model`` (diffusers layout, fp32).
 """
 
@@ -36,10 +37,12 @@ from reelkit.train.common import (
     checkpoint_when_due,
     load_checkpoint,
     load_config,
+    start_loss_log,
     start_run,
 )
 
 STAGES = ("image_vae", "cvvae")
+LOGGED = ("l1", "kl", "reg", "gan", "disc")  # loss.csv columns (empty where a step has no such term)
 
 
 @dataclass
@@ -198,11 +201,11 @@ def train(config: VaeTrainConfig) -> Path:
     accelerator.register_for_checkpointing(scheduler)
     if image_vae is not None:
         image_vae.to(accelerator.device)
-    step = load_checkpoint(accelerator, output_dir)
+    step = load_checkpoint(accelerator, output_dir, config)
     accelerator.print(f"training {config.stage} on {accelerator.num_processes} process(es), "
                       f"{accelerator.device}, batch {config.batch_size} per process")
-    if step:
-        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
+    csv_path = start_loss_log(accelerator, output_dir, "step," + ",".join(LOGGED) + ",psnr,lr,seconds_per_step",
+                              step)
     model = accelerator.unwrap_model(autoencoder).vae
     last_layer = model.decoder.conv_out.weight
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
@@ -249,8 +252,12 @@ def train(config: VaeTrainConfig) -> Path:
         if step % config.log_every == 0 or step == config.max_steps:
             psnr = -10 * math.log10(max(F.mse_loss(reconstruction.detach(), x).item() / 4, 1e-10))
             figures = " ".join(f"{k} {v.item():.4f}" for k, v in losses.items())
-            accelerator.print(f"step {step} {figures} psnr {psnr:.2f} lr {scheduler.get_last_lr()[0]:.2e} "
-                              f"{clock.seconds_per_step():.2f} s/step", flush=True)
+            lr, seconds = scheduler.get_last_lr()[0], clock.seconds_per_step()
+            accelerator.print(f"step {step} {figures} psnr {psnr:.2f} lr {lr:.2e} {seconds:.2f} s/step", flush=True)
+            if accelerator.is_main_process:
+                cells = [f"{losses[k].item():.6f}" if k in losses else "" for k in LOGGED]
+                with csv_path.open("a") as handle:
+                    handle.write(f"{step},{','.join(cells)},{psnr:.3f},{lr:.3e},{seconds:.3f}\n")
         if checkpoint_when_due(accelerator, config, output_dir, step, clock)[1]:
             break
 

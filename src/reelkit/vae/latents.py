@@ -29,6 +29,8 @@ KEY = "latents"
 def save_latents(z: torch.Tensor, path: str | os.PathLike, vae, fps: float) -> Path:
     """Save unscaled latents ``(c, n, h, w)`` with the frame rate and the VAE's latent layout."""
     path = Path(path)
+    if not torch.isfinite(z).all():
+        raise ReelkitError(f"{path}: the latents hold non-finite (NaN or inf) values; nothing was written")
     metadata = {"format": "reelkit-cvvae-latents", "fps": f"{fps:g}", "latent_channels": str(z.shape[0]),
                 "spatial_compression": str(vae.spatial_compression), "temporal_compression": "4"}
     with atomic_path(path) as tmp:
