@@ -174,3 +174,16 @@ def test_video_info_counts_the_frames_that_decode(cli, tmp_path):
     write_video(render_clip(0, 17, 32).video, clip)
     code, out, err = cli("video", "info", clip)
     assert code == 0 and "17 frames" in out and "header" not in out
+
+
+def test_json_files_hold_null_where_a_figure_is_not_finite(tmp_path):
+    import json
+
+    from reelkit.files import write_json
+
+    path = write_json(tmp_path / "figures.json", {"psnr_db": float("inf"), "rows": [{"x": float("nan"), "y": 1.5}]})
+
+    def strict(token):
+        raise ValueError(token)
+
+    assert json.loads(path.read_text(), parse_constant=strict) == {"psnr_db": None, "rows": [{"x": None, "y": 1.5}]}

@@ -159,7 +159,9 @@ def world_render(
         raise ReelkitError("give a PROMPT or --random (not both)")
     _check_output(output, WRITERS)
     if sheet is not None:
-        _check_output(sheet, (".png",))
+        _check_output(sheet, (".png",), output)
+    check_seed(seed)
+    check_number("--fps", fps, 0.1, 1000.0)
     height_width = as_height_width((size, width or size))
     frames = round_down_frames(frames)
     if prompt is not None:
@@ -548,10 +550,15 @@ def generate(
     check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
     check_number("--fps", fps, 0.1, 1000.0)
     check_seed(seed)
+    from reelkit.conventions import check_size, check_video_fits
+
+    check_video_fits(frames, check_size(size), size)
     if batch:
         prompt_list = read_prompts(prompts)
         if out_dir.exists() and not out_dir.is_dir():
             raise ReelkitError(f"{out_dir}: exists and is not a folder")
+        if sheet is not None:
+            raise ReelkitError("--sheet saves one prompt's contact sheet; batch mode (--prompts) takes no --sheet")
     else:
         inputs = (Path(model) if model else None, codebook, rehash_schedule)
         _check_output(output, WRITERS, *inputs)
@@ -747,7 +754,9 @@ def _calibration_inputs(prompts: Path, output: Path, model: str | None, steps: i
     if steps < min_steps:
         raise ReelkitError(f"--steps must be at least {min_steps} {why}, got {steps}")
     check()
-    _check_output(output, (".json",))
+    check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
+    check_seed(seed)
+    _check_output(output, (".json",), prompts, Path(model) if model else None)
     if not output.parent.is_dir():
         raise ReelkitError(f"{output.parent}: no such folder for the output")
     pipe = _load_generator(model, default="teacher")  # caches pay off over many steps: the teacher

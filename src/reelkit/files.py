@@ -27,19 +27,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_json(path: str | os.PathLike, data, indent: int | None = 2, text: str | None = None) -> Path:
-    """Write ``data`` as JSON atomically, refusing NaN and infinities (which JSON cannot hold): a figure
-    that did not come out finite is a bug to report, not a file to write. ``text`` overrides the layout
-    (already serialised from ``data``)."""
+
+def finite_or_null(value):
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``, through dicts and lists: JSON has
+    no NaN, so a figure that is not a finite number (a PSNR of identical clips, an attribute no prompt asked
+    for) is written as ``null``, never as the non-standard ``NaN`` token."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, data, indent: int | None = 2) -> Path:
+    """Write ``data`` as standard JSON (non-finite numbers as ``null``, see :func:`finite_or_null`),
+    atomically."""
     import json
 
-    from reelkit.errors import ReelkitError
-
-    try:
-        body = json.dumps(data, indent=indent, allow_nan=False)
-    except ValueError:
-        raise ReelkitError(f"{path}: refusing to write non-finite numbers (NaN or inf) to JSON") from None
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text((text if text is not None else body) + "\n")
+        tmp.write_text(json.dumps(finite_or_null(data), indent=indent, allow_nan=False) + "\n")
     return path

@@ -103,6 +103,7 @@ def test_export_writes_fp16_safetensors_that_load_back(cli, model_dirs, tmp_path
     for source, name in ((cvvae_dir, "CVVAE"), (image_dir, "AutoencoderKL")):
         out = tmp_path / f"bundle_{name}"
         out.mkdir()
+        (out / "config.json").write_text("{}")  # an older export
         (out / "stale.txt").write_text("replaced in place")
         code, stdout, err = cli("train", "export", source, "-o", out)
         assert code == 0, err

@@ -294,15 +294,16 @@ class RehashSchedule:
 
     def save(self, path: str | Path, **metadata: Any) -> None:
         """Write JSON (the Gram matrix rows one per line, so the file stays readable and small)."""
-        from reelkit.files import write_json
+        from reelkit.files import atomic_path, finite_or_null
 
-        data = self.to_json(**metadata)
+        data = finite_or_null(self.to_json(**metadata))
         rows = data.pop("gram", None)
-        text = json.dumps(data, indent=2)
+        text = json.dumps(data, indent=2, allow_nan=False)
         if rows is not None:
             body = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in rows)
             text = text[:-2] + ',\n  "gram": [\n' + body + "\n  ]\n}"
-        write_json(path, {**data, "gram": rows}, text=text)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RehashSchedule:

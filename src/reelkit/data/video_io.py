@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reelkit.conventions import round_down_frames
+from reelkit.conventions import check_video_fits, round_down_frames
 from reelkit.errors import ReelkitError, VideoReadError
 from reelkit.files import atomic_path
 
@@ -100,6 +100,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                          "png")
     with _open_container(path) as container:
         stream = container.streams.video[0]
+        if stream.codec_context is None or not stream.codec_context.width:
+            raise VideoReadError(f"{path}: corrupt video (its stream has no decoder or frame size)")
         fps = float(stream.average_rate or stream.guessed_rate or 0) or FRAME_FOLDER_FPS
         duration = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                     else (container.duration or 0) / 1e6)
@@ -124,13 +126,16 @@ def count_frames(path: str | os.PathLike) -> tuple[int, bool]:
     return count, False
 
 
+MAX_SIDE = 8192  # pixels: beyond this a frame alone outgrows the memory of the machines reelkit targets
+
+
 def _resize_plan(src_h: int, src_w: int, size: int | tuple[int, int] | None) -> tuple[int, int, int, int]:
     """(resized_h, resized_w, out_h, out_w): scale to cover the output, then centre-crop to it."""
     if size is None:
         return src_h, src_w, src_h, src_w
     out_h, out_w = (size, size) if isinstance(size, int) else size
-    if out_h < 1 or out_w < 1:
-        raise ReelkitError(f"output size must be positive, got {out_h}x{out_w}")
+    if not (1 <= out_h <= MAX_SIDE and 1 <= out_w <= MAX_SIDE):
+        raise ReelkitError(f"output size must lie in 1 .. {MAX_SIDE} pixels, got {out_h}x{out_w}")
     scale = max(out_h / src_h, out_w / src_w)
     return max(out_h, round(src_h * scale)), max(out_w, round(src_w * scale)), out_h, out_w
 
@@ -226,6 +231,8 @@ def read_video(path: str | os.PathLike, num_frames: int | None = None, fps: floa
     if not (math.isfinite(start_s) and start_s >= 0):
         raise ReelkitError(f"start time must be a finite number >= 0 s, got {start_s}")
 
+    if num_frames is not None and size is not None:
+        check_video_fits(num_frames, *((size, size) if isinstance(size, int) else size))  # before decoding
     frames: list[np.ndarray] = []
     plan = None
     with closing(_timed_frames(path)) as timed:

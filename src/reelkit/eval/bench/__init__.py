@@ -28,7 +28,7 @@ import torch
 
 from reelkit.errors import ReelkitError
 from reelkit.eval.bench.harness import Timing, count_flops, machine_info, measure_latency, peak_memory_bytes
-from reelkit.files import atomic_path
+from reelkit.files import atomic_path, finite_or_null
 
 SUITES: dict[str, str] = {
     "world": "reelkit.eval.bench.world",
@@ -104,20 +104,6 @@ def write_report(report: dict, path: str | os.PathLike) -> Path:
     """Write a report as indented JSON, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(finite_or_null(report), indent=2, allow_nan=False) + "\n")
     return path
-
-
-def _finite(value):
-    """The report with non-finite figures as ``null`` (JSON has no NaN; a figure that could not be measured,
-    e.g. an attribute no prompt asked for, reads as missing)."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
