@@ -3,10 +3,12 @@ exit code 2, no traceback, and no file that existed before is changed."""
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import yaml
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from reelkit.data.video_io import write_video
 from reelkit.data.world import render_clip
@@ -54,6 +56,12 @@ def ws(tmp_path_factory, model_dir):
     }.items():
         (root / name).write_text(yaml.safe_dump(values) if values is not None else "")
     (root / "tiny_t2v").symlink_to(model_dir)
+    shutil.copytree(model_dir, root / "nan_t2v")  # a corrupt download: one weight holds NaN
+    weights = next((root / "nan_t2v" / "transformer").glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, weights)
     return root
 
 
@@ -113,6 +121,7 @@ CASES = [
     (["generate", "a purple dragon", "--model", "{ws}/tiny_t2v", "-o", "{ws}/o.mp4"], "unknown word"),
     (["generate", "a red circle", "--model", "{ws}/absent", "-o", "{ws}/o.mp4"], "absent"),
     (["generate", "a red circle", "--model", "{ws}/broken_model", "-o", "{ws}/o.mp4"], "broken_model"),
+    (["generate", "a red circle", "--model", "{ws}/nan_t2v", "-o", "{ws}/o.mp4"], "corrupt"),
     (["generate", "--prompts", "{ws}/empty_prompts.txt", "--out-dir", "{ws}/out"], "holds no prompts"),
     (["generate", "--prompts", "{ws}/binary_prompts.txt", "--out-dir", "{ws}/out"], "not a text file"),
     (["generate", "--prompts", "{ws}/prompts.txt", "--out-dir", "{ws}/out", "--sheet", "{ws}/s.png"], "--sheet"),

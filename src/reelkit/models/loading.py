@@ -31,10 +31,20 @@ def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dt
     if class_name != model_cls.__name__:
         raise ReelkitError(f"{path}: is a {class_name} checkpoint, not a {model_cls.__name__} one")
     try:
-        return model_cls.from_pretrained(path, dtype=dtype)
+        model = model_cls.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         raise ReelkitError(f"{path}: checkpoint does not match its config ({' '.join(str(error).split())[:200]})"
                            ) from None
+    return check_finite_weights(model, path)
 
 
-__all__ = ["load_model"]
+def check_finite_weights(model: torch.nn.Module, path: str | Path):
+    """``model``, unless a weight holds NaN or infinity (a corrupt file): then a one-line error, rather than
+    a black video later."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ReelkitError(f"{path}: weight {name} holds NaN or infinite values; the checkpoint is corrupt")
+    return model
+
+
+__all__ = ["check_finite_weights", "load_model"]

@@ -278,8 +278,10 @@ def load_masked_video(path: str | Path | None = None, vae=None, dtype: torch.dty
         diffusers_logging.enable_progress_bar()
     if not hasattr(pipe, "planner") or not hasattr(pipe, "generator"):
         raise ReelkitError(f"{path}: not a MarDini pipeline (no planner and generator)")
+    from reelkit.models.loading import check_finite_weights
+
     for model in (pipe.planner, pipe.generator, pipe.vae):
-        model.eval()
+        check_finite_weights(model, path).eval()
     return pipe
 
 

@@ -308,8 +308,10 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
         raise ReelkitError(f"{path}: cannot load the pipeline ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(pipe.transformer, torch.nn.Module) or not hasattr(pipe.transformer, "cache_context"):
         raise ReelkitError(f"{path}: its transformer is not a VideoDiT-like model")
+    from reelkit.models.loading import check_finite_weights
+
     for model in (pipe.transformer, pipe.text_encoder, pipe.vae):
-        model.eval()
+        check_finite_weights(model, path).eval()
     diffusers_logging.enable_progress_bar()
     return pipe
 
