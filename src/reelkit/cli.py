@@ -265,11 +265,14 @@ def train_t2v(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/teacher.yaml.")],
     output_dir: Annotated[str | None, typer.Option(help="Override the config's output_dir.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Override the config's max_steps.")] = None,
+    init_from: Annotated[str | None, typer.Option(
+        "--init-from", help="Warm-start from this pipeline folder (e.g. src/reelkit/assets/teacher) when "
+                            "OUTPUT_DIR holds no checkpoint.")] = None,
 ) -> None:
     """Train the text-to-video teacher (VideoDiT + text encoder) on a latent cache it builds once."""
     from reelkit.train.t2v import run
 
-    console.print(f"trained pipeline: {run(config, output_dir=output_dir, max_steps=max_steps)}")
+    console.print(f"trained pipeline: {run(config, output_dir=output_dir, max_steps=max_steps, init_from=init_from)}")
 
 
 @train_app.command("judge")

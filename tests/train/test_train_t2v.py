@@ -92,3 +92,31 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_vae_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 process(es)" in result.stdout
     assert (tmp_path / "run" / "model" / "model_index.json").is_file()
+
+
+def test_adherence_is_judged_during_training_and_the_best_pipeline_kept(tmp_path, tiny_vae_dir):
+    """eval_every: held-out prompts generated and read by the judge, logged per attribute and plotted; the
+    best-reading EMA weights exported to output_dir/best; a resume logs no step twice."""
+    run(write_config(tmp_path, tiny_vae_dir, eval_every=1, eval_prompts=2, eval_steps=1))
+    run_dir = tmp_path / "run"
+    lines = (run_dir / "adherence.csv").read_text().splitlines()
+    assert lines[0] == "step,shape,color,motion,count,mean" and [int(x.split(",")[0]) for x in lines[1:]] == [1, 2, 3]
+    assert all(0 <= float(v) <= 1 for line in lines[1:] for v in line.split(",")[1:])
+    assert (run_dir / "adherence.png").stat().st_size > 0
+    assert load_text_to_video(run_dir / "best", vae=CVVAE.from_pretrained(tiny_vae_dir)).transformer is not None
+    run(write_config(tmp_path, tiny_vae_dir, eval_every=1, eval_prompts=2, eval_steps=1, max_steps=4))
+    steps = [int(x.split(",")[0]) for x in (run_dir / "adherence.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_init_from_warm_starts_a_run_whose_folder_is_gone(tmp_path, tiny_vae_dir):
+    first = run(write_config(tmp_path, tiny_vae_dir))
+    trained = load_text_to_video(first, vae=CVVAE.from_pretrained(tiny_vae_dir)).transformer.state_dict()
+    again = write_config(tmp_path, tiny_vae_dir, output_dir=str(tmp_path / "elsewhere"), init_from=str(first),
+                         max_steps=1, learning_rate=1e-6)
+    warm = load_text_to_video(run(again), vae=CVVAE.from_pretrained(tiny_vae_dir)).transformer.state_dict()
+    assert max((warm[k] - v).abs().max().item() for k, v in trained.items()) < 1e-3
+    wider = write_config(tmp_path, tiny_vae_dir, output_dir=str(tmp_path / "wider"), init_from=str(first),
+                         model={"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8})
+    with pytest.raises(ReelkitError, match="its transformer does not match the config .*num_layers"):
+        run(wider)

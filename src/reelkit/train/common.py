@@ -336,12 +336,19 @@ def start_loss_log(accelerator, output_dir: Path, header: str, step: int) -> Pat
         accelerator.print(f"resumed from {output_dir / CHECKPOINT} at step {step}")
     csv_path = output_dir / "loss.csv"
     if accelerator.is_main_process:
-        lines = csv_path.read_text().splitlines() if csv_path.exists() else []
-        if not lines or lines[0] == header:
-            kept = [header] + [line for line in lines[1:] if _logged_step(line) <= step]
-            if kept != lines:
-                with atomic_path(csv_path) as tmp:
-                    tmp.write_text("\n".join(kept) + "\n")
+        start_csv_log(csv_path, header, step)
+    return csv_path
+
+
+def start_csv_log(csv_path: Path, header: str, step: int) -> Path:
+    """A CSV log whose first column is the step: created with ``header``, or, when resuming from ``step``,
+    cut back to the rows up to it, so no step is ever logged twice."""
+    lines = csv_path.read_text().splitlines() if csv_path.exists() else []
+    if not lines or lines[0] == header:
+        kept = [header] + [line for line in lines[1:] if _logged_step(line) <= step]
+        if kept != lines:
+            with atomic_path(csv_path) as tmp:
+                tmp.write_text("\n".join(kept) + "\n")
     return csv_path
 
 

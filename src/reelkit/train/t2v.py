@@ -12,8 +12,11 @@ Launch::
     reelkit train t2v --config configs/teacher.yaml
     accelerate launch --multi_gpu --num_processes 2 -m reelkit train t2v --config configs/teacher.yaml
 
-The run checkpoints atomically to ``output_dir/checkpoint`` (EMA included) and resumes from it; it logs
-``output_dir/loss.csv`` and redraws ``output_dir/loss.png`` at every checkpoint; at the end it writes the
+The run checkpoints atomically to ``output_dir/checkpoint`` (EMA included) and resumes from it (``init_from``
+warm-starts a run whose folder is gone from a pipeline folder, e.g. the committed teacher); it logs
+``output_dir/loss.csv`` and redraws ``output_dir/loss.png`` at every checkpoint. With ``eval_every`` it also
+judges the EMA weights on held-out prompts (``adherence.csv``, ``adherence.png``, see
+:mod:`reelkit.train.monitor`) and keeps the best-reading pipeline in ``output_dir/best``. At the end it writes the
 pipeline folder ``output_dir/model`` (transformer, text encoder, tokenizer, scheduler; the CV-VAE is the
 bundled one).
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from reelkit.errors import ReelkitError
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
@@ -65,11 +69,18 @@ class T2VTrainConfig:
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
     save_every: int = 200
     log_every: int = 20
+    eval_every: int = 0  # > 0: every N steps, judge-read adherence on held-out prompts (adherence.csv/.png)
+    eval_prompts: int = 16
+    eval_steps: int = 25
+    eval_guidance: float = 5.0
+    init_from: str | None = None  # a text-to-video pipeline folder to warm-start from (when no checkpoint)
     seed: int = 0
     threads: int | None = None
 
     def __post_init__(self):
         check_mixed_precision(self.mixed_precision)
+        if self.eval_every < 0 or not 1 <= self.eval_prompts <= 512 or self.eval_steps < 1:
+            raise ReelkitError("eval_every must be >= 0 (0: off), eval_prompts in 1..512, eval_steps >= 1")
 
 
 class Denoiser(torch.nn.Module):
@@ -126,8 +137,10 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def build_components(config: T2VTrainConfig):
-    """(transformer, text encoder, tokenizer) freshly initialised from the config."""
+def build_components(config: T2VTrainConfig, spatial_compression: int = 8):
+    """(transformer, text encoder, tokenizer) freshly initialised from the config, the transformer laid out
+    for latents of ``size // spatial_compression``; with ``init_from``, the weights of that pipeline (its
+    architecture must be the config's)."""
     from reelkit.models.dit import VideoDiT
     from reelkit.models.text import WorldTextEncoder, build_tokenizer
 
@@ -135,8 +148,25 @@ def build_components(config: T2VTrainConfig):
     text_options = {"vocab_size": len(tokenizer), **config.text_encoder}
     text_encoder = WorldTextEncoder(**text_options)
     transformer = VideoDiT(**{"text_dim": text_encoder.config.dim,
-                              "sample_size": config.size // 8, **config.model})
+                              "sample_size": config.size // spatial_compression, **config.model})
+    if config.init_from is not None:
+        transformer, text_encoder = _warm_start(config.init_from, transformer, text_encoder)
     return transformer, text_encoder, tokenizer
+
+
+def _warm_start(path: str, transformer, text_encoder):
+    """The transformer and text encoder of the pipeline at ``path``, checked against the fresh ones."""
+    from reelkit.pipelines.text_to_video import load_text_to_video
+
+    pipe = load_text_to_video(path)
+    for name, fresh, loaded in (("transformer", transformer, pipe.transformer),
+                                ("text_encoder", text_encoder, pipe.text_encoder)):
+        differ = sorted(k for k, v in fresh.config.items() if not k.startswith("_") and loaded.config.get(k) != v)
+        if type(loaded) is not type(fresh) or differ:
+            shown = ", ".join(f"{k} {loaded.config.get(k)!r} (config: {fresh.config[k]!r})" for k in differ[:3])
+            raise ReelkitError(f"init_from {path}: its {name} does not match the config "
+                               f"({shown or type(loaded).__name__})")
+    return pipe.transformer.float().train(), pipe.text_encoder.float().train()
 
 
 def train(config: T2VTrainConfig) -> Path:
@@ -159,7 +189,7 @@ def train(config: T2VTrainConfig) -> Path:
     dataset = LatentCache(config.latent_cache)
     scaling_factor = vae.config.scaling_factor
 
-    transformer, text_encoder, tokenizer = build_components(config)
+    transformer, text_encoder, tokenizer = build_components(config, vae.spatial_compression)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     denoiser = Denoiser(transformer, text_encoder)
@@ -178,6 +208,14 @@ def train(config: T2VTrainConfig) -> Path:
     ema.to(accelerator.device)
     generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
     csv_path = start_loss_log(accelerator, output_dir, "step,loss,lr,seconds_per_step", step)
+    monitor = None
+    if config.eval_every and accelerator.is_main_process:
+        from reelkit.models.judge import load_judge
+        from reelkit.train.monitor import AdherenceMonitor
+
+        monitor = AdherenceMonitor(output_dir, load_judge().to(accelerator.device), config.eval_prompts,
+                                   config.num_frames, config.size, config.eval_steps, config.eval_guidance,
+                                   resume_step=step)
 
     clock = StepClock(config.time_limit_minutes)
     window_loss = 0.0
@@ -204,6 +242,9 @@ def train(config: T2VTrainConfig) -> Path:
                 with csv_path.open("a") as handle:
                     handle.write(f"{step},{mean_loss:.6f},{lr:.3e},{seconds:.3f}\n")
             window_loss = 0.0
+        if monitor is not None and (step % config.eval_every == 0 or step == config.max_steps):
+            _evaluate(monitor, accelerator.unwrap_model(denoiser), ema, vae, tokenizer, output_dir, step,
+                      accelerator.print)
         saved, stop = checkpoint_when_due(accelerator, config, output_dir, step, clock)
         if saved and accelerator.is_main_process:
             plot_losses(csv_path, output_dir / "loss.png")
@@ -221,6 +262,26 @@ def train(config: T2VTrainConfig) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return model_dir
+
+
+def _evaluate(monitor, denoiser, ema, vae, tokenizer, output_dir: Path, step: int, say) -> None:
+    """Judge the EMA weights on held-out prompts; export them to ``output_dir/best`` when they read best."""
+    from reelkit.pipelines.text_to_video import TextToVideoPipeline, default_scheduler
+
+    parameters = list(denoiser.parameters())
+    ema.store(parameters)
+    ema.copy_to(parameters)
+    try:
+        denoiser.eval()
+        pipe = TextToVideoPipeline(denoiser.transformer, vae, denoiser.text_encoder, tokenizer, default_scheduler())
+        scores, best = monitor.evaluate(pipe, step)
+        if best:
+            save_pipeline_without_vae(pipe, output_dir / "best")
+    finally:
+        denoiser.train()
+        ema.restore(parameters)
+    say(f"step {step} adherence " + " ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        + (f" (best so far: {output_dir / 'best'})" if best else ""), flush=True)
 
 
 def run(config_path: str | Path, **overrides) -> Path:
