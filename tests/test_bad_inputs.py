@@ -53,6 +53,9 @@ def ws(tmp_path_factory, model_dir):
         "str_steps.yaml": {"max_steps": "ten"}, "bool_batch.yaml": {"batch_size": True},
         "typo.yaml": {"max_step": 10}, "bad_stage.yaml": {"stage": "audio"},
         "null_size.yaml": {"size": None}, "huge_frames.yaml": {"num_frames": 10**9},
+        "tiny_image.yaml": {"stage": "image_vae", "output_dir": str(root / "run"), "num_frames": 1, "size": 32,
+                            "batch_size": 2, "max_steps": 1, "model": {"block_out_channels": [8, 8, 8, 8],
+                                                                        "norm_num_groups": 4}},
     }.items():
         (root / name).write_text(yaml.safe_dump(values) if values is not None else "")
     (root / "tiny_t2v").symlink_to(model_dir)
@@ -141,6 +144,10 @@ CASES = [
     (["train", "vae", "--config", "{ws}/null_size.yaml"], "size may not be empty"),
     (["train", "vae", "--config", "{ws}/huge_frames.yaml"], "num_frames"),
     (["train", "t2v", "--config", "{ws}/typo.yaml"], "unknown config keys max_step"),
+    (["train", "vae", "--config", "{ws}/tiny_image.yaml", "--init-from", "{ws}/mardini"], "not a AutoencoderKL"),
+    (["train", "vae", "--config", "{ws}/tiny_image.yaml", "--init-from", "{ws}/image_vae"],
+     "does not match the config's architecture"),
+    (["train", "t2v", "--config", "{ws}/zero_save.yaml", "--init-from", "{ws}/image_vae"], "stage"),
     (["train", "export", "{ws}/image_vae", "-o", "{ws}/existing.mp4"], "not a model folder"),
     (["train", "export", "{ws}/image_vae", "-o", "{ws}/image_vae"], "being exported"),
     (["train", "export", "{ws}/folder", "-o", "{ws}/exported"], "not a trained model folder"),
