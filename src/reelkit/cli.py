@@ -356,7 +356,8 @@ def train_export(
 
 # ---------------------------------------------------------------------------------------------- vae
 
-ModelOption = Annotated[Path | None, typer.Option("--model", help="CVVAE folder (default: the bundled one).")]
+ModelOption = Annotated[Path | None, typer.Option("--model", help="CVVAE folder or bundled name, e.g. cvvae_f4 "
+                                                  "(default: the bundled cvvae).")]
 FramesOption = Annotated[int, typer.Option(help="Frames to read, 1+4k (others round down).")]
 SizeOption = Annotated[int, typer.Option(help="Resize and centre-crop to SIZE x SIZE (multiple of 8).")]
 FpsOption = Annotated[float | None, typer.Option(help="Resample to this frame rate (default: the file's).")]
