@@ -11,6 +11,15 @@ from reelkit.errors import ReelkitError
 from reelkit.paths import ASSETS_DIR
 
 
+def resolve_model_path(path: str | Path | None, bundled: str) -> Path:
+    """``path``; ``None``: ``assets/<bundled>``; a bare name that is no folder here but a bundled one:
+    that bundled folder."""
+    path = Path(path) if path is not None else ASSETS_DIR / bundled
+    if len(path.parts) == 1 and not path.exists() and (ASSETS_DIR / path).is_dir():
+        path = ASSETS_DIR / path
+    return path
+
+
 def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dtype = torch.float32):
     """``model_cls.from_pretrained(path)``; ``path=None`` loads ``assets/<bundled>``, and a bare name that is
     no folder here but a bundled one (``"image_vae_f4"``) loads that bundled checkpoint.
@@ -18,9 +27,7 @@ def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dt
     A folder without a config, a checkpoint of another class, or weights that do not fit the config raise
     :class:`ReelkitError` naming the folder.
     """
-    path = Path(path) if path is not None else ASSETS_DIR / bundled
-    if len(path.parts) == 1 and not path.exists() and (ASSETS_DIR / path).is_dir():
-        path = ASSETS_DIR / path
+    path = resolve_model_path(path, bundled)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ReelkitError(f"{path}: not a {model_cls.__name__} folder (no config.json)")
@@ -47,4 +54,4 @@ def check_finite_weights(model: torch.nn.Module, path: str | Path):
     return model
 
 
-__all__ = ["check_finite_weights", "load_model"]
+__all__ = ["check_finite_weights", "load_model", "resolve_model_path"]

@@ -171,6 +171,17 @@ def _record_config(accelerator, config, output_dir: Path) -> None:
             tmp.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
+def architecture_differences(fresh, loaded, ignore: tuple[str, ...] = ("scaling_factor", "shift_factor",
+                                                                       "sample_size", "force_upcast")) -> str:
+    """How a loaded model's config differs from a freshly built one's (up to three keys, ``""`` if it does
+    not): what a warm start (``init_from``) checks before it takes the loaded weights."""
+    differ = sorted(k for k, v in fresh.config.items()
+                    if not k.startswith("_") and k not in ignore and loaded.config.get(k) != v)
+    if type(loaded) is not type(fresh) and not differ:
+        return type(loaded).__name__
+    return ", ".join(f"{k} {loaded.config.get(k)!r} (config: {fresh.config[k]!r})" for k in differ[:3])
+
+
 def _swap_in(staging: Path, destination: Path) -> Path:
     """Replace ``destination`` by the finished ``staging`` folder (package data: readable by everyone)."""
     for file in staging.rglob("*"):

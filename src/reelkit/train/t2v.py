@@ -33,6 +33,7 @@ from reelkit.errors import ReelkitError
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
+    architecture_differences,
     autocast,
     check_mixed_precision,
     checkpoint_when_due,
@@ -161,11 +162,9 @@ def _warm_start(path: str, transformer, text_encoder):
     pipe = load_text_to_video(path)
     for name, fresh, loaded in (("transformer", transformer, pipe.transformer),
                                 ("text_encoder", text_encoder, pipe.text_encoder)):
-        differ = sorted(k for k, v in fresh.config.items() if not k.startswith("_") and loaded.config.get(k) != v)
-        if type(loaded) is not type(fresh) or differ:
-            shown = ", ".join(f"{k} {loaded.config.get(k)!r} (config: {fresh.config[k]!r})" for k in differ[:3])
-            raise ReelkitError(f"init_from {path}: its {name} does not match the config "
-                               f"({shown or type(loaded).__name__})")
+        shown = architecture_differences(fresh, loaded, ignore=())
+        if shown:
+            raise ReelkitError(f"init_from {path}: its {name} does not match the config ({shown})")
     return pipe.transformer.float().train(), pipe.text_encoder.float().train()
 
 

@@ -32,6 +32,7 @@ from reelkit.errors import ReelkitError
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
+    architecture_differences,
     autocast,
     check_mixed_precision,
     checkpoint_when_due,
@@ -122,11 +123,8 @@ def build_models(config: VaeTrainConfig):
 
 def _warm_start(fresh, loaded, path: str):
     """``loaded`` (fp32, trainable) if its architecture is the one the config builds, else a one-line error."""
-    ignore = {"scaling_factor", "shift_factor", "sample_size", "force_upcast"}
-    differ = sorted(k for k, v in fresh.config.items()
-                    if not k.startswith("_") and k not in ignore and loaded.config.get(k) != v)
-    if differ:
-        shown = ", ".join(f"{k} {loaded.config.get(k)!r} (config: {fresh.config[k]!r})" for k in differ[:3])
+    shown = architecture_differences(fresh, loaded)
+    if shown:
         raise ReelkitError(f"init_from {path}: does not match the config's architecture: {shown}")
     return loaded.float().train().requires_grad_(True)
 

@@ -38,12 +38,9 @@ def load_any_vae(path: str | Path):
     from diffusers import AutoencoderKL
 
     from reelkit.errors import ReelkitError
-    from reelkit.models.loading import load_model
-    from reelkit.paths import ASSETS_DIR
+    from reelkit.models.loading import load_model, resolve_model_path
 
-    folder = Path(path)
-    if len(folder.parts) == 1 and not folder.exists() and (ASSETS_DIR / folder).is_dir():
-        folder = ASSETS_DIR / folder
+    folder = resolve_model_path(path, "cvvae")
     try:
         name = json.loads((folder / "config.json").read_text()).get("_class_name")
     except (OSError, ValueError):
