@@ -151,7 +151,7 @@ def world_render(
 ) -> None:
     """Render a demo-world clip from a prompt (or --random) to a video file."""
     from reelkit.conventions import as_height_width, round_down_frames
-    from reelkit.data.captions import parse_prompt
+    from reelkit.data.captions import drop_unrendered_words, parse_prompt
     from reelkit.data.video_io import WRITERS, contact_sheet, write_video
     from reelkit.data.world import render_clip
 
@@ -166,6 +166,9 @@ def world_render(
     frames = round_down_frames(frames)
     if prompt is not None:
         parse_prompt(prompt)  # fail on unknown words before any work
+        notice = drop_unrendered_words(prompt)[1]
+        if notice is not None:
+            logging.getLogger("reelkit").warning(notice)
     with progress_bars() as task:
         advance = task("rendering", frames)
         clip = render_clip(seed, frames, height_width, prompt=None if random else prompt, progress=advance)
@@ -187,6 +190,8 @@ def world_vocab() -> None:
                          ("textures", captions.TEXTURE_WORDS)):
         console.print(f"[bold]{title}[/]: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in names.items()))
     console.print(f"[bold]all words[/]: {' '.join(sorted(captions.VOCABULARY))}")
+    console.print(f"[bold]accepted, not drawn[/] (every object has one size and one speed): "
+                  f"{' '.join(sorted(captions.UNRENDERED_WORDS))}")
 
 
 @world_app.command("sample")
@@ -620,7 +625,8 @@ def generate(
 
             console.print(rehash_stats_line(step_rehash_stats(pipe.transformer)), highlight=False)
         return
-    pipe.check_inputs(prompt, negative_prompt, frames, size, size, steps, guidance, "pt")
+    (prompt,), settings.negative_prompt = pipe.check_inputs(prompt, negative_prompt, frames, size, size, steps,
+                                                            guidance, "pt")
     started = time.perf_counter()
     with progress_bars() as task:
         video = generate_video(pipe, prompt, settings, on_step=task("denoising", steps))
@@ -764,8 +770,7 @@ def _calibration_inputs(prompts: Path, output: Path, model: str | None, steps: i
     if not output.parent.is_dir():
         raise ReelkitError(f"{output.parent}: no such folder for the output")
     pipe = _load_generator(model, default="teacher")  # caches pay off over many steps: the teacher
-    for line in prompt_list:
-        pipe.check_inputs(line, None, frames, size, size, steps, guidance, "pt")
+    prompt_list, _ = pipe.check_inputs(prompt_list, None, frames, size, size, steps, guidance, "pt")
     return pipe, prompt_list, GenerationSettings(steps=steps, guidance=guidance, seed=seed, frames=frames, size=size)
 
 

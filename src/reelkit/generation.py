@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from reelkit.errors import ReelkitError
-from reelkit.models.text import check_prompt
+from reelkit.models.text import prepare_prompt
 
 
 @dataclass
@@ -102,9 +102,10 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | Path, settings: Gene
     """
     from reelkit.data.video_io import write_video
 
+    readable = []  # as the text encoder reads them; files keep the prompts' own names
     for number, prompt in enumerate(prompts, 1):
         try:
-            check_prompt(prompt, pipe.tokenizer)
+            readable.append(prepare_prompt(prompt, pipe.tokenizer))
         except ReelkitError as error:
             raise ReelkitError(f"prompt {number} ('{prompt}'): {error}") from None
     out_dir = Path(out_dir)
@@ -114,7 +115,7 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | Path, settings: Gene
         path = out_dir / output_name(index, prompts[index], suffix)
         if path.exists():
             continue
-        video = generate_video(pipe, prompts[index], settings, seed=settings.seed + index, on_step=on_step)
+        video = generate_video(pipe, readable[index], settings, seed=settings.seed + index, on_step=on_step)
         write_video(video, path, fps=settings.fps)  # atomic: an interrupted write leaves no partial file
         written.append(path)
         if on_clip is not None:

@@ -98,6 +98,21 @@ def test_save_and_load_without_a_vae_folder(pipe, tmp_path):
     np.testing.assert_array_equal(run(loaded).numpy(), run(pipe).numpy())
 
 
+def test_a_folder_records_which_bundled_vae_it_decodes_with(pipe, tmp_path):
+    import json
+
+    from reelkit.train.common import save_pipeline_without_vae
+
+    folder = save_pipeline_without_vae(pipe, tmp_path / "p", "cvvae_f4")
+    assert not (folder / "vae").exists()
+    assert json.loads((folder / "model_index.json").read_text())["_reelkit_vae"] == "cvvae_f4"
+    assert load_text_to_video(folder).vae.spatial_compression == 4
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_reelkit_vae": "no_such_vae"}))
+    with pytest.raises(ReelkitError, match="unknown bundled VAE"):
+        load_text_to_video(folder)
+
+
 def test_loading_a_folder_that_is_not_a_pipeline_fails_cleanly(tmp_path):
     with pytest.raises(ReelkitError, match="no model_index.json"):
         load_text_to_video(tmp_path)

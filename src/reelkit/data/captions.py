@@ -126,7 +126,14 @@ for _word in FILLERS:
     _LOOKUP.setdefault(_word, ("filler", _word))
 
 VOCABULARY: frozenset[str] = frozenset(_LOOKUP)
-"""Every word a prompt may use."""
+"""Every word a caption uses, and so every word a text encoder of the world knows."""
+
+# Words people write about such scenes that the demo world does not render: every object has one size
+# and one speed. A prompt may use them; they are dropped with a notice (see :func:`drop_unrendered_words`).
+UNRENDERED_WORDS = {
+    **dict.fromkeys(("small", "big", "large", "tiny", "huge", "little"), "size"),
+    **dict.fromkeys(("slowly", "quickly", "fast", "slow", "quick", "rapidly", "swiftly", "gently"), "speed"),
+}
 
 _TOKEN = re.compile(r"[a-z]+|[^a-z\s]")
 
@@ -159,13 +166,48 @@ def tokenize(prompt: str) -> list[str]:
 
 
 def unknown_words(prompt: str) -> list[str]:
-    """Words of ``prompt`` outside :data:`VOCABULARY`, each once, in order of appearance."""
-    return [t for t in dict.fromkeys(tokenize(prompt)) if t not in VOCABULARY]
+    """Words of ``prompt`` outside :data:`VOCABULARY` and :data:`UNRENDERED_WORDS`, each once, in order."""
+    return [t for t in dict.fromkeys(tokenize(prompt)) if t not in VOCABULARY and t not in UNRENDERED_WORDS]
+
+
+_UNRENDERED = re.compile(r"\b(" + "|".join(sorted(UNRENDERED_WORDS)) + r")\b", re.IGNORECASE)
+
+
+def drop_unrendered_words(prompt: str) -> tuple[str, str | None]:
+    """``(prompt without size and speed words, a one-line notice naming them or None)``.
+
+    >>> clean, notice = drop_unrendered_words("a small red square moving quickly left")
+    >>> clean
+    'a red square moving left'
+    >>> notice
+    "the demo world draws every object at one size and one speed; ignored: 'small', 'quickly'"
+    """
+    found = list(dict.fromkeys(word.lower() for word in _UNRENDERED.findall(prompt)))
+    if not found:
+        return prompt, None
+    kinds = dict.fromkeys(UNRENDERED_WORDS[word] for word in found)
+    what = " and ".join(f"one {kind}" for kind in kinds)
+    notice = f"the demo world draws every object at {what}; ignored: " + ", ".join(f"'{w}'" for w in found)
+    clean = re.sub(r"\s+([,.;:!?])", r"\1", " ".join(_UNRENDERED.sub(" ", prompt).split()))
+    return clean, notice
+
+
+def check_object_colors(prompt: str) -> None:
+    """Raise :class:`PromptError` when a background-only colour (black, white, navy, ...) is given to an object
+    ("a black circle"): the world cannot draw it, and reading it as the background would drop it silently."""
+    tokens = tokenize(prompt)
+    for word, following in zip(tokens, tokens[1:], strict=False):
+        if _LOOKUP.get(word, ("",))[0] == "bgcolor" and _LOOKUP.get(following, ("",))[0] in ("shape", "color"):
+            name = _LOOKUP[word][1]
+            example = f"a red {following}" if _LOOKUP[following][0] == "shape" else f"a {following} circle"
+            raise PromptError(f"'{word}' is a background colour in the demo world; objects are "
+                              f"{', '.join(COLORS)} (e.g. '{example} on a {name} background')")
 
 
 def _suggest(word: str) -> str:
     """``'circel' (did you mean circle?)``: the closest known words, those within 0.1 of the best."""
-    scored = sorted(((difflib.SequenceMatcher(None, word, known).ratio(), known) for known in VOCABULARY),
+    accepted = VOCABULARY | set(UNRENDERED_WORDS)
+    scored = sorted(((difflib.SequenceMatcher(None, word, known).ratio(), known) for known in accepted),
                     key=lambda pair: (-pair[0], pair[1]))
     best = scored[0][0]
     close = [known for ratio, known in scored[:3] if ratio >= max(0.6, best - 0.1)]
@@ -177,13 +219,15 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
 
     Colours and shapes are grouped into objects in reading order ("and"/"while" start a new one);
     a motion word belongs to the object being described, or to the next one if none has started.
-    Raises :class:`PromptError` naming unknown words and the closest known ones.
+    Size and speed words are skipped (the world renders neither). Raises :class:`PromptError` naming unknown
+    words and the closest known ones, or for a background-only colour given to an object.
     """
-    tokens = tokenize(prompt)
     unknown = unknown_words(prompt)
     if unknown:
         names = ", ".join(_suggest(w) for w in unknown)
         raise PromptError(f"unknown word{'s' if len(unknown) > 1 else ''} in prompt: {names}")
+    check_object_colors(prompt)
+    tokens = [t for t in tokenize(prompt) if t not in UNRENDERED_WORDS]
 
     objects: list[dict[str, str | None]] = []
     current: dict[str, str | None] | None = None

@@ -20,6 +20,16 @@ def resolve_model_path(path: str | Path | None, bundled: str) -> Path:
     return path
 
 
+def bundled_name(path: str | Path | None, default: str) -> str | None:
+    """The bundled checkpoint's name when ``path`` (as :func:`resolve_model_path` reads it) is one, else None.
+
+    >>> bundled_name(None, "cvvae"), bundled_name("cvvae_f4", "cvvae"), bundled_name("runs/my_vae", "cvvae")
+    ('cvvae', 'cvvae_f4', None)
+    """
+    resolved = resolve_model_path(path, default).resolve()
+    return resolved.name if resolved.parent == ASSETS_DIR.resolve() and resolved.is_dir() else None
+
+
 def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dtype = torch.float32):
     """``model_cls.from_pretrained(path)``; ``path=None`` loads ``assets/<bundled>``, and a bare name that is
     no folder here but a bundled one (``"image_vae_f4"``) loads that bundled checkpoint.
@@ -54,4 +64,4 @@ def check_finite_weights(model: torch.nn.Module, path: str | Path):
     return model
 
 
-__all__ = ["check_finite_weights", "load_model", "resolve_model_path"]
+__all__ = ["bundled_name", "check_finite_weights", "load_model", "resolve_model_path"]

@@ -21,6 +21,7 @@ reelkit.errors.PromptError: unknown word in prompt: 'circel' (did you mean circl
 from __future__ import annotations
 
 import difflib
+import logging
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -77,6 +78,24 @@ def check_prompt(prompt: str, tokenizer) -> None:
                           f"{tokenizer.model_max_length - 1}")
 
 
+def prepare_prompt(prompt: str, tokenizer) -> str:
+    """The prompt a world text encoder reads: size and speed words dropped (with a notice on the ``reelkit``
+    logger: the world renders neither), then checked by :func:`check_prompt`; a background-only colour given to
+    an object is a :class:`PromptError`.
+
+    >>> prepare_prompt("a tiny red circle moving right", build_tokenizer())
+    'a red circle moving right'
+    """
+    from reelkit.data.captions import check_object_colors, drop_unrendered_words
+
+    clean, notice = drop_unrendered_words(prompt)
+    if notice is not None and clean.strip():
+        logging.getLogger("reelkit").warning(notice)
+    check_object_colors(clean)
+    check_prompt(clean, tokenizer)
+    return clean
+
+
 class WorldTextEncoder(ModelMixin, ConfigMixin):
     """A small pre-norm transformer encoder: token ids ``(B, L)`` -> hidden states ``(B, L, dim)``."""
 
@@ -110,5 +129,5 @@ def encode_prompts(prompts: list[str], tokenizer, text_encoder: WorldTextEncoder
                         tokens["attention_mask"].to(text_encoder.device))
 
 
-__all__ = ["WorldTextEncoder", "build_tokenizer", "check_prompt", "encode_prompts", "prompt_words",
-           "tokenize_prompts"]
+__all__ = ["WorldTextEncoder", "build_tokenizer", "check_prompt", "encode_prompts", "prepare_prompt",
+           "prompt_words", "tokenize_prompts"]

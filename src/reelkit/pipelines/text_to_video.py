@@ -33,7 +33,7 @@ from diffusers.utils import BaseOutput
 
 from reelkit.conventions import TEMPORAL_FACTOR, is_valid_frame_count
 from reelkit.errors import ReelkitError, ShapeError
-from reelkit.models.text import check_prompt, encode_prompts
+from reelkit.models.text import encode_prompts, prepare_prompt
 from reelkit.paths import ASSETS_DIR
 
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
@@ -85,18 +85,22 @@ class TextToVideoPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt, negative_prompt, num_frames: int, height: int, width: int,
                      num_inference_steps: int, guidance_scale: float, output_type: str,
-                     lcm_origin_steps: int = 50) -> list[str]:
+                     lcm_origin_steps: int = 50) -> tuple[list[str], str | None]:
+        """Refuse bad arguments with one-line errors; return ``(prompts, negative_prompt)`` as the text encoder
+        reads them (size and speed words dropped with a notice: see :func:`prepare_prompt`)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ReelkitError("no prompt given")
-        for text in prompts + ([negative_prompt] if isinstance(negative_prompt, str) and negative_prompt else []):
-            check_prompt(text, self.tokenizer)
+        prompts = [prepare_prompt(text, self.tokenizer) for text in prompts]
+        if isinstance(negative_prompt, str) and negative_prompt:
+            negative_prompt = prepare_prompt(negative_prompt, self.tokenizer)
         if not is_valid_frame_count(num_frames):
             raise ShapeError(f"{num_frames} frames is not 1+4k (1, 5, 9, 13, 17, ...)")
         multiple = self.spatial_multiple
         if height <= 0 or width <= 0 or height % multiple or width % multiple:
-            raise ShapeError(f"height and width must be positive multiples of {multiple} (the VAE's 8 x the "
-                             f"transformer's patch {self.transformer.config.patch_size}); got {height}x{width}")
+            raise ShapeError(f"height and width must be positive multiples of {multiple} (the VAE's "
+                             f"{self.vae.spatial_compression} x the transformer's patch "
+                             f"{self.transformer.config.patch_size}); got {height}x{width}")
         if num_inference_steps < 1:
             raise ReelkitError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
         if self.consistency_sampling and num_inference_steps > lcm_origin_steps:
@@ -106,7 +110,7 @@ class TextToVideoPipeline(DiffusionPipeline):
             raise ReelkitError(f"guidance_scale must be at least 1 (1 turns guidance off), got {guidance_scale}")
         if output_type not in OUTPUT_TYPES:
             raise ReelkitError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        return prompts
+        return prompts, negative_prompt
 
     def encode_prompt(self, prompts: list[str], negative_prompt: str | None, do_classifier_free_guidance: bool,
                       num_videos_per_prompt: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -169,8 +173,8 @@ class TextToVideoPipeline(DiffusionPipeline):
         is called as ``callback(pipe, step_index, timestep, tensors)`` with the tensors named in
         ``callback_on_step_end_tensor_inputs`` and may return replacements for them (diffusers' convention).
         """
-        prompts = self.check_inputs(prompt, negative_prompt, num_frames, height, width, num_inference_steps,
-                                    guidance_scale, output_type, lcm_origin_steps)
+        prompts, negative_prompt = self.check_inputs(prompt, negative_prompt, num_frames, height, width,
+                                                     num_inference_steps, guidance_scale, output_type, lcm_origin_steps)
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ReelkitError(f"callback tensors must be among {self._callback_tensor_inputs}, got {sorted(unknown)}")
@@ -273,12 +277,29 @@ TEACHER = "teacher"
 BUNDLED = ("teacher", "student")  # the 50-step teacher, and its 4-step T2V-Turbo student
 
 
+def pipeline_vae_name(path: str | Path) -> str:
+    """The bundled CV-VAE a pipeline folder without a ``vae`` subfolder decodes with (``_reelkit_vae`` in its
+    ``model_index.json``; folders saved before it was recorded use the first bundled one, ``cvvae``)."""
+    import json
+
+    try:
+        index = json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        raise ReelkitError(f"{path}: cannot load the pipeline (model_index.json is unreadable or not JSON)"
+                           ) from None
+    name = index.get("_reelkit_vae", "cvvae") if isinstance(index, dict) else None
+    if not isinstance(name, str) or not (ASSETS_DIR / name).is_dir():
+        raise ReelkitError(f"{path}: names an unknown bundled VAE ({name!r}) in model_index.json")
+    return name
+
+
 def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dtype = torch.float32
                        ) -> TextToVideoPipeline:
     """Load a saved pipeline folder (``model_index.json``), or a bundled one by name: ``"teacher"`` (also
     ``None``) or ``"student"`` (the 4-step T2V-Turbo student, sampled with ``FlowMatchLCMScheduler``).
 
-    A folder without a ``vae`` subfolder (the bundled ones) gets ``vae`` or the bundled CV-VAE; one without a
+    A folder without a ``vae`` subfolder (the bundled ones) gets ``vae`` or the bundled CV-VAE it names (see
+    :func:`pipeline_vae_name`); one without a
     ``text_encoder`` (the bundled student: distillation leaves it frozen) gets the teacher's text encoder and
     tokenizer.
     """
@@ -290,7 +311,7 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
     if not (path / "model_index.json").is_file():
         raise ReelkitError(f"{path}: not a text-to-video pipeline folder (no model_index.json)")
     if vae is None and not (path / "vae").is_dir():
-        vae = load_cvvae(dtype=dtype)
+        vae = load_cvvae(pipeline_vae_name(path), dtype=dtype)
     extra = {"vae": vae} if vae is not None else {}
     if not (path / "text_encoder").is_dir():  # the bundled student shares the teacher's (frozen) text encoder
         from transformers import AutoTokenizer
@@ -317,4 +338,4 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
 
 
 __all__ = ["TextToVideoPipeline", "TextToVideoPipelineOutput", "consistency_scheduler", "default_scheduler",
-           "lcm_sigmas", "load_text_to_video", "tiny_pipeline"]
+           "lcm_sigmas", "load_text_to_video", "pipeline_vae_name", "tiny_pipeline"]

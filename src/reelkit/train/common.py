@@ -194,14 +194,22 @@ def _swap_in(staging: Path, destination: Path) -> Path:
     return destination
 
 
-def save_pipeline_without_vae(pipe, destination: str | Path) -> Path:
-    """Save a text-to-video pipeline folder atomically, without its ``vae`` (``load_text_to_video`` adds the
-    bundled CV-VAE, or the one it is given)."""
+def save_pipeline_without_vae(pipe, destination: str | Path, vae: str | Path | None = None) -> Path:
+    """Save a pipeline folder atomically. When ``vae`` (the folder or name its VAE was loaded from; ``None``: the
+    default bundled CV-VAE) is a bundled checkpoint, the folder records its name (``_reelkit_vae`` in
+    ``model_index.json``) instead of a copy of its weights, and the loaders add it back; any other VAE is
+    saved in the folder."""
+    from reelkit.models.loading import bundled_name
+
     destination = Path(destination)
     staging = destination.with_name(f".{destination.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)
-    shutil.rmtree(staging / "vae")
+    name = bundled_name(vae, "cvvae")
+    if name is not None:
+        shutil.rmtree(staging / "vae")
+        index_path = staging / "model_index.json"
+        index_path.write_text(json.dumps({**json.loads(index_path.read_text()), "_reelkit_vae": name}, indent=2))
     return _swap_in(staging, destination)
 
 
