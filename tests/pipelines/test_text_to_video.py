@@ -103,7 +103,10 @@ def test_a_folder_records_which_bundled_vae_it_decodes_with(pipe, tmp_path):
 
     from reelkit.train.common import save_pipeline_without_vae
 
-    folder = save_pipeline_without_vae(pipe, tmp_path / "p", "cvvae_f4")
+    from reelkit.vae import load_cvvae
+
+    folder = save_pipeline_without_vae(TextToVideoPipeline(pipe.transformer, load_cvvae("cvvae_f4"), pipe.text_encoder,
+                                                           pipe.tokenizer, pipe.scheduler), tmp_path / "p")
     assert not (folder / "vae").exists()
     assert json.loads((folder / "model_index.json").read_text())["_reelkit_vae"] == "cvvae_f4"
     assert load_text_to_video(folder).vae.spatial_compression == 4

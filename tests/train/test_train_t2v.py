@@ -121,3 +121,17 @@ def test_init_from_warm_starts_a_run_whose_folder_is_gone(tmp_path, tiny_vae_dir
                          model={"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8})
     with pytest.raises(ReelkitError, match="its transformer does not match the config .*num_layers"):
         run(wider)
+
+
+@pytest.mark.parametrize("change", [
+    {"model": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16}},  # width
+    {"model": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8, "patch_size": 4}},
+    {"text_encoder": {"dim": 32, "num_layers": 1, "num_heads": 2}},
+])
+def test_a_resume_whose_architecture_changed_is_one_error_line(tmp_path, tiny_vae_dir, cli, one_line_error, change):
+    run(write_config(tmp_path, tiny_vae_dir, max_steps=4, time_limit_minutes=0))  # leaves a checkpoint at step 1
+    recorded = (tmp_path / "run" / "config.yaml").read_text()
+    changed = write_config(tmp_path, tiny_vae_dir, max_steps=4, **change)
+    line = one_line_error(*cli("train", "t2v", "--config", changed)[::2])
+    assert "checkpoint does not match this config" in line
+    assert (tmp_path / "run" / "config.yaml").read_text() == recorded  # the run folder is left as it was

@@ -52,6 +52,7 @@ def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dt
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         raise ReelkitError(f"{path}: checkpoint does not match its config ({' '.join(str(error).split())[:200]})"
                            ) from None
+    model.bundled_name = bundled_name(path, bundled)  # a pipeline saved with it records the name, not a copy
     return check_finite_weights(model, path)
 
 

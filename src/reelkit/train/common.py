@@ -194,18 +194,15 @@ def _swap_in(staging: Path, destination: Path) -> Path:
     return destination
 
 
-def save_pipeline_without_vae(pipe, destination: str | Path, vae: str | Path | None = None) -> Path:
-    """Save a pipeline folder atomically. When ``vae`` (the folder or name its VAE was loaded from; ``None``: the
-    default bundled CV-VAE) is a bundled checkpoint, the folder records its name (``_reelkit_vae`` in
-    ``model_index.json``) instead of a copy of its weights, and the loaders add it back; any other VAE is
-    saved in the folder."""
-    from reelkit.models.loading import bundled_name
-
+def save_pipeline_without_vae(pipe, destination: str | Path) -> Path:
+    """Save a pipeline folder atomically. When its VAE was loaded from a bundled checkpoint, the folder records
+    that checkpoint's name (``_reelkit_vae`` in ``model_index.json``) instead of a copy of its weights, and the
+    loaders add it back; any other VAE is saved in the folder."""
     destination = Path(destination)
     staging = destination.with_name(f".{destination.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)
-    name = bundled_name(vae, "cvvae")
+    name = getattr(pipe.vae, "bundled_name", None)
     if name is not None:
         shutil.rmtree(staging / "vae")
         index_path = staging / "model_index.json"

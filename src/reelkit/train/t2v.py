@@ -242,8 +242,8 @@ def train(config: T2VTrainConfig) -> Path:
                     handle.write(f"{step},{mean_loss:.6f},{lr:.3e},{seconds:.3f}\n")
             window_loss = 0.0
         if monitor is not None and (step % config.eval_every == 0 or step == config.max_steps):
-            _evaluate(monitor, accelerator.unwrap_model(denoiser), ema, vae, config.vae, tokenizer, output_dir,
-                      step, accelerator.print)
+            _evaluate(monitor, accelerator.unwrap_model(denoiser), ema, vae, tokenizer, output_dir, step,
+                      accelerator.print)
         saved, stop = checkpoint_when_due(accelerator, config, output_dir, step, clock)
         if saved and accelerator.is_main_process:
             plot_losses(csv_path, output_dir / "loss.png")
@@ -256,14 +256,14 @@ def train(config: T2VTrainConfig) -> Path:
         ema.copy_to(trained.parameters())
         pipe = TextToVideoPipeline(trained.transformer.eval(), vae, trained.text_encoder.eval(), tokenizer,
                                    default_scheduler())
-        save_pipeline_without_vae(pipe, model_dir, config.vae)
+        save_pipeline_without_vae(pipe, model_dir)
         accelerator.print(f"wrote {model_dir} (EMA weights; loss curve {output_dir / 'loss.png'})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return model_dir
 
 
-def _evaluate(monitor, denoiser, ema, vae, vae_name, tokenizer, output_dir: Path, step: int, say) -> None:
+def _evaluate(monitor, denoiser, ema, vae, tokenizer, output_dir: Path, step: int, say) -> None:
     """Judge the EMA weights on held-out prompts; export them to ``output_dir/best`` when they read best."""
     from reelkit.pipelines.text_to_video import TextToVideoPipeline, default_scheduler
 
@@ -275,7 +275,7 @@ def _evaluate(monitor, denoiser, ema, vae, vae_name, tokenizer, output_dir: Path
         pipe = TextToVideoPipeline(denoiser.transformer, vae, denoiser.text_encoder, tokenizer, default_scheduler())
         scores, best = monitor.evaluate(pipe, step)
         if best:
-            save_pipeline_without_vae(pipe, output_dir / "best", vae_name)
+            save_pipeline_without_vae(pipe, output_dir / "best")
     finally:
         denoiser.train()
         ema.restore(parameters)
