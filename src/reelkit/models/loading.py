@@ -30,6 +30,21 @@ def bundled_name(path: str | Path | None, default: str) -> str | None:
     return resolved.name if resolved.parent == ASSETS_DIR.resolve() and resolved.is_dir() else None
 
 
+def recorded_vae_name(folder: str | Path, default: str) -> str:
+    """The bundled VAE a pipeline folder without a ``vae`` subfolder decodes with: ``_reelkit_vae`` in its
+    ``model_index.json`` (written by :func:`reelkit.train.common.save_pipeline_without_vae`), else ``default``
+    (folders saved before the name was recorded)."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        raise ReelkitError(f"{folder}: cannot load the pipeline (model_index.json is unreadable or not JSON)"
+                           ) from None
+    name = index.get("_reelkit_vae", default) if isinstance(index, dict) else None
+    if not isinstance(name, str) or not name or not (ASSETS_DIR / name).is_dir():
+        raise ReelkitError(f"{folder}: names an unknown bundled VAE ({name!r}) in model_index.json")
+    return name
+
+
 def load_model(model_cls, path: str | Path | None, bundled: str, dtype: torch.dtype = torch.float32):
     """``model_cls.from_pretrained(path)``; ``path=None`` loads ``assets/<bundled>``, and a bare name that is
     no folder here but a bundled one (``"image_vae_f4"``) loads that bundled checkpoint.
@@ -65,4 +80,4 @@ def check_finite_weights(model: torch.nn.Module, path: str | Path):
     return model
 
 
-__all__ = ["bundled_name", "check_finite_weights", "load_model", "resolve_model_path"]
+__all__ = ["bundled_name", "check_finite_weights", "load_model", "recorded_vae_name", "resolve_model_path"]

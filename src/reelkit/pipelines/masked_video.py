@@ -257,15 +257,16 @@ def save_masked_video_pipeline(planner, generator, destination: str | Path, plan
 def load_masked_video(path: str | Path | None = None, vae=None, dtype: torch.dtype = torch.float32
                       ) -> MaskedVideoPipeline:
     """Load a saved MarDini pipeline folder, or the bundled one (``None`` or ``"mardini"``); a folder without
-    a ``vae`` gets ``vae`` or the bundled image VAE."""
+    a ``vae`` gets ``vae`` or the bundled image VAE it names (``recorded_vae_name``)."""
     import reelkit.mardini  # noqa: F401  (diffusers loads only components of modules already imported)
+    from reelkit.models.loading import recorded_vae_name
     from reelkit.vae.image_vae import load_image_vae
 
     path = ASSETS_DIR / BUNDLED if path in (None, BUNDLED) else Path(path)
     if not (path / "model_index.json").is_file():
         raise ReelkitError(f"{path}: not a MarDini pipeline folder (no model_index.json)")
     if vae is None and not (path / "vae").is_dir():
-        vae = load_image_vae(dtype=dtype)
+        vae = load_image_vae(recorded_vae_name(path, "image_vae"), dtype=dtype)
     extra = {"vae": vae} if vae is not None else {}
     from diffusers.utils import logging as diffusers_logging
 

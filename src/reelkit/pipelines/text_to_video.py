@@ -277,41 +277,26 @@ TEACHER = "teacher"
 BUNDLED = ("teacher", "student")  # the 50-step teacher, and its 4-step T2V-Turbo student
 
 
-def pipeline_vae_name(path: str | Path) -> str:
-    """The bundled CV-VAE a pipeline folder without a ``vae`` subfolder decodes with (``_reelkit_vae`` in its
-    ``model_index.json``; folders saved before it was recorded use the first bundled one, ``cvvae``)."""
-    import json
-
-    try:
-        index = json.loads((Path(path) / "model_index.json").read_text())
-    except (OSError, ValueError):
-        raise ReelkitError(f"{path}: cannot load the pipeline (model_index.json is unreadable or not JSON)"
-                           ) from None
-    name = index.get("_reelkit_vae", "cvvae") if isinstance(index, dict) else None
-    if not isinstance(name, str) or not (ASSETS_DIR / name).is_dir():
-        raise ReelkitError(f"{path}: names an unknown bundled VAE ({name!r}) in model_index.json")
-    return name
-
-
 def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dtype = torch.float32
                        ) -> TextToVideoPipeline:
     """Load a saved pipeline folder (``model_index.json``), or a bundled one by name: ``"teacher"`` (also
     ``None``) or ``"student"`` (the 4-step T2V-Turbo student, sampled with ``FlowMatchLCMScheduler``).
 
     A folder without a ``vae`` subfolder (the bundled ones) gets ``vae`` or the bundled CV-VAE it names (see
-    :func:`pipeline_vae_name`); one without a
+    :func:`~reelkit.models.loading.recorded_vae_name`); one without a
     ``text_encoder`` (the bundled student: distillation leaves it frozen) gets the teacher's text encoder and
     tokenizer.
     """
     import reelkit.models.dit  # noqa: F401  (diffusers loads only components of modules already imported)
     import reelkit.models.text  # noqa: F401
+    from reelkit.models.loading import recorded_vae_name
     from reelkit.vae import load_cvvae
 
     path = ASSETS_DIR / (path or TEACHER) if path in (None, *BUNDLED) else Path(path)
     if not (path / "model_index.json").is_file():
         raise ReelkitError(f"{path}: not a text-to-video pipeline folder (no model_index.json)")
     if vae is None and not (path / "vae").is_dir():
-        vae = load_cvvae(pipeline_vae_name(path), dtype=dtype)
+        vae = load_cvvae(recorded_vae_name(path, "cvvae"), dtype=dtype)
     extra = {"vae": vae} if vae is not None else {}
     if not (path / "text_encoder").is_dir():  # the bundled student shares the teacher's (frozen) text encoder
         from transformers import AutoTokenizer
@@ -338,4 +323,4 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
 
 
 __all__ = ["TextToVideoPipeline", "TextToVideoPipelineOutput", "consistency_scheduler", "default_scheduler",
-           "lcm_sigmas", "load_text_to_video", "pipeline_vae_name", "tiny_pipeline"]
+           "lcm_sigmas", "load_text_to_video", "tiny_pipeline"]
