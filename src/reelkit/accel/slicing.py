@@ -375,7 +375,7 @@ class _Plan:
     def choose(self, call: Callable[[], Any]) -> tuple[int, int]:
         """Measure the activation peak at two chunk counts, fit ``peak = fixed + sliced / chunks`` and take
         the fewest chunks that fit the budget (the most the probe allows when none does)."""
-        from reelkit.eval.bench.harness import peak_memory_bytes
+        from reelkit.memory import peak_memory_bytes
 
         peaks = []
         with torch.no_grad():

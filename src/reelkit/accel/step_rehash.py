@@ -824,8 +824,8 @@ def calibrate_step_rehash(pipe, prompts: Sequence[str], budget: int, settings=No
     (3, 0, (6, 6))
     """
     from reelkit.accel.calibrate import _generate
-    from reelkit.eval.metrics import video_psnr
     from reelkit.generation import GenerationSettings
+    from reelkit.metrics import video_psnr
 
     settings = settings or GenerationSettings()
     base = config or StepRehashConfig()

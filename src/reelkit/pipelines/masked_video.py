@@ -247,7 +247,7 @@ def tiny_masked_pipeline(seed: int = 0) -> MaskedVideoPipeline:
 
 def save_masked_video_pipeline(planner, generator, destination: str | Path, planner_scale: int = 2) -> Path:
     """Write a pipeline folder (planner, generator, scheduler; no VAE: loading adds the bundled image VAE)."""
-    from reelkit.train.common import save_pipeline_without_vae
+    from reelkit.loading import save_pipeline_without_vae
     from reelkit.vae.image_vae import load_image_vae
 
     pipe = MaskedVideoPipeline(planner, generator, load_image_vae(), default_scheduler(), planner_scale)
@@ -259,7 +259,7 @@ def load_masked_video(path: str | Path | None = None, vae=None, dtype: torch.dty
     """Load a saved MarDini pipeline folder, or the bundled one (``None`` or ``"mardini"``); a folder without
     a ``vae`` gets ``vae`` or the bundled image VAE it names (``recorded_vae_name``)."""
     import reelkit.mardini  # noqa: F401  (diffusers loads only components of modules already imported)
-    from reelkit.models.loading import recorded_vae_name
+    from reelkit.loading import recorded_vae_name
     from reelkit.vae.image_vae import load_image_vae
 
     path = ASSETS_DIR / BUNDLED if path in (None, BUNDLED) else Path(path)
@@ -279,7 +279,7 @@ def load_masked_video(path: str | Path | None = None, vae=None, dtype: torch.dty
         diffusers_logging.enable_progress_bar()
     if not hasattr(pipe, "planner") or not hasattr(pipe, "generator"):
         raise ReelkitError(f"{path}: not a MarDini pipeline (no planner and generator)")
-    from reelkit.models.loading import check_finite_weights
+    from reelkit.loading import check_finite_weights
 
     for model in (pipe.planner, pipe.generator, pipe.vae):
         check_finite_weights(model, path).eval()

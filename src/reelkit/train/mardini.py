@@ -33,6 +33,7 @@ import torch
 
 from reelkit.errors import ReelkitError
 from reelkit.mardini.masking import sample_reference_mask
+from reelkit.objectives.masked import masked_mse
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
@@ -147,12 +148,6 @@ class MarDini(torch.nn.Module):
         return masked_mse(velocity, noise - high, generate)
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the masked frames only."""
-    weight = mask.expand_as(target).float()
-    return ((prediction.float() - target.float()).pow(2) * weight).sum() / weight.sum().clamp(min=1)
-
-
 def sub_clips(batch: dict, frames: int, stride: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random window of ``frames`` frames at ``stride`` from every clip: (high, low)."""
     total = batch["high"].shape[2]
@@ -263,4 +258,4 @@ def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(MarDiniTrainConfig, config_path, **overrides))
 
 
-__all__ = ["MarDini", "MarDiniTrainConfig", "Stage", "masked_mse", "run", "stage_lr", "sub_clips", "train"]
+__all__ = ["MarDini", "MarDiniTrainConfig", "Stage", "run", "stage_lr", "sub_clips", "train"]

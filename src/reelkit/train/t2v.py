@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from reelkit.errors import ReelkitError
+from reelkit.loading import save_pipeline_without_vae
+from reelkit.objectives.flow_matching import flow_matching_loss
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
@@ -40,7 +41,6 @@ from reelkit.train.common import (
     endless,
     load_checkpoint,
     load_config,
-    save_pipeline_without_vae,
     start_loss_log,
     start_run,
 )
@@ -96,18 +96,6 @@ class Denoiser(torch.nn.Module):
                 attention_mask: torch.Tensor) -> torch.Tensor:
         text = self.text_encoder(input_ids, attention_mask)
         return self.transformer(noisy, timestep, text).sample
-
-
-def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator: torch.Generator,
-                       logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
-    """Rectified-flow velocity loss with logit-normal noise levels (SD3, section 3.1)."""
-    sigma = torch.sigmoid(logit_mean + logit_std * torch.randn(len(latents), generator=generator))
-    sigma = sigma.to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    s = sigma.view(-1, 1, 1, 1, 1)
-    noisy = (1 - s) * latents + s * noise
-    prediction = denoiser(noisy, sigma * 1000, tokens["input_ids"], tokens["attention_mask"])
-    return F.mse_loss(prediction.float(), (noise - latents).float())
 
 
 def plot_losses(csv_path: Path, png_path: Path) -> None:
@@ -287,4 +275,4 @@ def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(T2VTrainConfig, config_path, **overrides))
 
 
-__all__ = ["Denoiser", "T2VTrainConfig", "flow_matching_loss", "run", "train"]
+__all__ = ["Denoiser", "T2VTrainConfig", "run", "train"]

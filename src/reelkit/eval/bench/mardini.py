@@ -70,7 +70,7 @@ def _load():
 
 def _middle_frame_figures(made: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     """PSNR / SSIM on the middle frame and PSNR over every in-between frame, ``(B, C, T, H, W)`` each."""
-    from reelkit.eval.metrics import video_psnr, video_ssim
+    from reelkit.metrics import video_psnr, video_ssim
 
     middle = truth.shape[2] // 2
     return {"psnr_db": video_psnr(made[:, :, middle:middle + 1], truth[:, :, middle:middle + 1]),
