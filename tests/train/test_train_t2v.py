@@ -135,3 +135,35 @@ def test_a_resume_whose_architecture_changed_is_one_error_line(tmp_path, tiny_va
     line = one_line_error(*cli("train", "t2v", "--config", changed)[::2])
     assert "checkpoint does not match this config" in line
     assert (tmp_path / "run" / "config.yaml").read_text() == recorded  # the run folder is left as it was
+
+
+def test_an_object_weighted_run_adds_coverage_to_its_cache(tmp_path, tiny_vae_dir):
+    from reelkit.train.latent_cache import latent_coverage
+
+    run(write_config(tmp_path, tiny_vae_dir, object_weight=4.0))
+    cache = LatentCache(tmp_path / "cache")
+    assert cache.has_coverage
+    item = cache[3]
+    assert item["coverage"].shape == item["latent"].shape[1:]  # (1+k, h, w): one weight per latent pixel
+    assert 0 < item["coverage"].max() <= 1 and item["coverage"].min() >= 0
+    seed = int(cache.tensors["seed"][3])
+    torch.testing.assert_close(item["coverage"], latent_coverage(seed, 5, 32, tuple(item["latent"].shape[1:])),
+                               atol=1e-3, rtol=0)
+    with pytest.raises(ReelkitError, match="object_weight"):
+        run(write_config(tmp_path, tiny_vae_dir, object_weight=-1.0))
+
+
+def test_the_weighted_flow_matching_loss_is_the_plain_one_under_uniform_weights():
+    from reelkit.objectives.flow_matching import flow_matching_loss
+
+    def denoiser(noisy, timestep, input_ids, attention_mask):
+        return noisy * 0.5
+
+    latents, tokens = torch.randn(2, 4, 3, 4, 4), {"input_ids": None, "attention_mask": None}
+    plain = flow_matching_loss(denoiser, latents, tokens, torch.Generator().manual_seed(0))
+    uniform = flow_matching_loss(denoiser, latents, tokens, torch.Generator().manual_seed(0),
+                                 weight=torch.full((2, 1, 3, 4, 4), 3.0))
+    torch.testing.assert_close(plain, uniform)
+    spot = torch.ones(2, 1, 3, 4, 4)
+    spot[..., :2, :2] = 50.0
+    assert flow_matching_loss(denoiser, latents, tokens, torch.Generator().manual_seed(0), weight=spot) != plain

@@ -65,6 +65,7 @@ class T2VTrainConfig:
     caption_dropout: float = 0.1
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    object_weight: float = 0.0  # > 0: the loss weighs latent pixels on the objects (1 + this) x the background
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
@@ -80,6 +81,8 @@ class T2VTrainConfig:
 
     def __post_init__(self):
         check_mixed_precision(self.mixed_precision)
+        if not 0 <= self.object_weight <= 1000:
+            raise ReelkitError(f"object_weight must lie in 0 .. 1000 (0: off), got {self.object_weight}")
         if self.eval_every < 0 or not 1 <= self.eval_prompts <= 512 or self.eval_steps < 1:
             raise ReelkitError("eval_every must be >= 0 (0: off), eval_prompts in 1..512, eval_steps >= 1")
 
@@ -164,7 +167,7 @@ def train(config: T2VTrainConfig) -> Path:
 
     from reelkit.models.text import tokenize_prompts
     from reelkit.pipelines.text_to_video import TextToVideoPipeline, default_scheduler
-    from reelkit.train.latent_cache import LatentCache, build_latent_cache
+    from reelkit.train.latent_cache import LatentCache, add_coverage, build_latent_cache
     from reelkit.vae import load_cvvae
 
     accelerator, output_dir = start_run(config)
@@ -172,6 +175,8 @@ def train(config: T2VTrainConfig) -> Path:
     if accelerator.is_main_process:
         build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=vae,
                            progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
+        if config.object_weight > 0:
+            add_coverage(config.latent_cache)
     accelerator.wait_for_everyone()
     dataset = LatentCache(config.latent_cache)
     scaling_factor = vae.config.scaling_factor
@@ -213,8 +218,12 @@ def train(config: T2VTrainConfig) -> Path:
                     for c in batch["caption"]]
         tokens = {k: v.to(accelerator.device) for k, v in tokenize_prompts(captions, tokenizer).items()}
         latents = batch["latent"].to(accelerator.device) * scaling_factor
+        weight = None
+        if config.object_weight > 0:  # (B, 1, 1+k, h, w): the objects weigh more than the background
+            weight = 1 + config.object_weight * batch["coverage"][:, None].to(accelerator.device)
         with autocast(config.mixed_precision, accelerator.device):
-            loss = flow_matching_loss(denoiser, latents, tokens, generator, config.logit_mean, config.logit_std)
+            loss = flow_matching_loss(denoiser, latents, tokens, generator, config.logit_mean, config.logit_std,
+                                      weight)
         apply_gradients(accelerator, loss, denoiser.parameters(), optimizer, scheduler, config.grad_clip)
         ema.step(accelerator.unwrap_model(denoiser).parameters())
         step += 1
