@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reelkit.accel._diffusers_compat import ModelHook, hook_names, register_hook, remove_hooks
+from reelkit.accel._diffusers_compat import ModelHook, hook_names, own_hook_names, register_hook, remove_hooks
 from reelkit.errors import ReelkitError
 
 logger = logging.getLogger(__name__)
@@ -328,8 +328,7 @@ def _slicer_for(module: nn.Module) -> Slicer | None:
 
 def _hooked_inside(block: nn.Module) -> bool:
     """Whether a layer inside ``block`` (not the block itself) carries a diffusers hook."""
-    return any(getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks
-               for m in block.modules() if m is not block and not _slicer_for(m))
+    return any(own_hook_names(m) for m in block.modules() if m is not block and not _slicer_for(m))
 
 
 class FeatureSlicingHook(ModelHook):
