@@ -216,7 +216,7 @@ def _efficiency_rows(ctx: BenchContext, pipe) -> list[dict]:
                                         torch.Generator().manual_seed(0))
 
             latency = ctx.time(plan_and_denoise).median_s
-            peak = ctx.peak_memory(plan_and_denoise, pipe.planner, pipe.generator)
+            peak = ctx.peak_memory(plan_and_denoise, pipe.planner, pipe.transformer)
             pair[method] = row = {"task": "efficiency", "method": method, "size": size,
                                   "planner_size": size // scale, "frames": I2V_FRAMES, "steps": STEPS,
                                   "planner_tokens": int(z_low[0, 0].numel()), "latency_s": latency,
