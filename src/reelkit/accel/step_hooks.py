@@ -28,9 +28,14 @@ from reelkit.accel._diffusers_compat import (
     StateManager,
     TransformerBlockMetadata,
     active_cache,
+    claim_cache,
     current_context,
     get_hook,
+    invalidate,
     registered_block_metadata,
+    release_cache,
+    remove_hooks,
+    reset_hooks,
     set_cache_context,
 )
 from reelkit.errors import ReelkitError
@@ -166,6 +171,24 @@ def refuse_to_stack(model: nn.Module, attribute: str, own_hooks: tuple[str, ...]
         raise error(f"{type(model).__name__} already has a cache ({other}); remove it before applying {technique}")
 
 
+def claim(model: nn.Module, attribute: str, config) -> None:
+    """Record an applied technique's ``config`` on ``model`` (so caches refuse to stack) once its hooks are in."""
+    claim_cache(model, attribute, config)
+    invalidate(model)
+
+
+def uninstall(model: nn.Module, attribute: str, hook_names: tuple[str, ...]) -> None:
+    """Remove a technique's hooks and its record: the model computes exactly as before it was applied."""
+    remove_hooks(model, *hook_names)
+    release_cache(model, attribute)
+
+
+def reset(model: nn.Module, name: str, technique: str, error: type[ReelkitError]) -> None:
+    """Forget every schedule and stored tensor of the technique applied to ``model``."""
+    applied_hook(model, name, technique, error)
+    reset_hooks(model)
+
+
 def applied_hook(model: nn.Module, name: str, technique: str, error: type[ReelkitError]) -> StepAwareModelHook:
     """The model hook ``technique`` registered on ``model`` as ``name``; ``error`` if it is not applied."""
     hook = get_hook(model, name)
@@ -174,5 +197,5 @@ def applied_hook(model: nn.Module, name: str, technique: str, error: type[Reelki
     return hook
 
 
-__all__ = ["ContextClock", "StepAwareModelHook", "applied_hook", "block_metadata", "forward_signature",
-           "refuse_to_stack", "register_block"]
+__all__ = ["ContextClock", "StepAwareModelHook", "applied_hook", "block_metadata", "claim", "forward_signature",
+           "refuse_to_stack", "register_block", "reset", "uninstall"]

@@ -10,11 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    check_output,
-    console,
-    progress_bars,
-)
+from reelkit.cli.common import check_output, console, progress_bars
 from reelkit.errors import ReelkitError
 from reelkit.eval.bench import SUITES
 

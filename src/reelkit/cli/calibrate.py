@@ -9,13 +9,7 @@ from typing import Annotated
 import typer
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    check_number,
-    check_output,
-    check_seed,
-    console,
-    load_generator,
-)
+from reelkit.cli.common import check_number, check_output, check_seed, console, load_generator
 from reelkit.errors import ReelkitError
 
 calibrate_app = typer.Typer(help="Calibrate training-free accelerators on a few prompts.", no_args_is_help=True)

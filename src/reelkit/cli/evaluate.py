@@ -9,10 +9,7 @@ import typer
 from rich.table import Table
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    console,
-    progress_bars,
-)
+from reelkit.cli.common import console, progress_bars
 from reelkit.errors import ReelkitError
 
 eval_app = typer.Typer(help="Evaluate clips: prompt adherence read by the demo-world judge.", no_args_is_help=True)

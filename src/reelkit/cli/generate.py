@@ -10,14 +10,7 @@ from typing import Annotated
 import typer
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    check_number,
-    check_output,
-    check_seed,
-    console,
-    load_generator,
-    progress_bars,
-)
+from reelkit.cli.common import check_number, check_output, check_seed, console, load_generator, progress_bars
 from reelkit.errors import ReelkitError
 
 FEW_STEPS = 4  # a consistency student's default step count (T2V-Turbo)

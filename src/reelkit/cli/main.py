@@ -19,9 +19,7 @@ from reelkit.cli import (  # noqa: F401  (each module registers its commands on 
     world,
 )
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    err_console,
-)
+from reelkit.cli.common import err_console
 from reelkit.errors import ReelkitError
 
 try:  # typer >= 0.29 vendors click

@@ -14,10 +14,7 @@ from typing import Annotated
 import typer
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    console,
-    same_path,
-)
+from reelkit.cli.common import console, same_path
 from reelkit.errors import ReelkitError
 
 train_app = typer.Typer(help="Training recipes (YAML configs; accelerate for several processes).",
@@ -66,8 +63,8 @@ def _recipe_command(name: str, recipe: Recipe):
     ) -> None:
         from reelkit.train.common import parse_overrides
 
-        values = {**parse_overrides(overrides), "output_dir": output_dir, "max_steps": max_steps,
-                  "init_from": init_from}
+        options = {"output_dir": output_dir, "max_steps": max_steps, "init_from": init_from}
+        values = {**parse_overrides(overrides), **{k: v for k, v in options.items() if v is not None}}
         result = importlib.import_module(recipe.module).run(config, **values)
         console.print(f"{recipe.result}: {result}")
 

@@ -9,12 +9,7 @@ from typing import Annotated
 import typer
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    IMAGE_SUFFIXES,
-    check_output,
-    console,
-    progress_bars,
-)
+from reelkit.cli.common import IMAGE_SUFFIXES, check_output, console, progress_bars
 
 vae_app = typer.Typer(help="CV-VAE: reconstruct clips, encode to and decode from latents.", no_args_is_help=True)
 app.add_typer(vae_app, name="vae")

@@ -8,11 +8,7 @@ from typing import Annotated
 import typer
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    check_output,
-    console,
-    progress_bars,
-)
+from reelkit.cli.common import check_output, console, progress_bars
 
 video_app = typer.Typer(help="Video files: inspect, resample, crop, contact sheets.", no_args_is_help=True)
 app.add_typer(video_app, name="video")

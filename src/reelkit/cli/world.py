@@ -10,13 +10,7 @@ from typing import Annotated
 import typer
 
 from reelkit.cli.app import app
-from reelkit.cli.common import (
-    check_number,
-    check_output,
-    check_seed,
-    console,
-    progress_bars,
-)
+from reelkit.cli.common import check_number, check_output, check_seed, console, progress_bars
 from reelkit.errors import ReelkitError
 
 world_app = typer.Typer(help="The demo world: procedural captioned clips.", no_args_is_help=True)

@@ -85,6 +85,21 @@ def parse_overrides(pairs: list[str] | None) -> dict:
     return parsed
 
 
+def build(factory, section: str, options: dict, **defaults):
+    """``factory(**defaults, **options)`` for a config's nested options (``model``, ``text_encoder``, ...); an
+    option the factory does not take is a one-line error naming it and the known ones."""
+    import inspect
+
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            known = ", ".join(name for name in parameters if name not in ("self", *defaults))
+            raise ReelkitError(f"{section}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                               f"for {getattr(factory, '__name__', factory)}; known: {known}")
+    return factory(**{**defaults, **options})
+
+
 RANGES = {  # fields every recipe shares: (lowest, highest) allowed; None: unbounded
     "max_steps": (1, None), "save_every": (1, None), "log_every": (1, None), "batch_size": (1, None),
     "warmup_steps": (0, None), "learning_rate": (1e-12, 1.0), "time_limit_minutes": (0, None),

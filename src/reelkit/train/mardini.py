@@ -38,6 +38,7 @@ from reelkit.train.common import (
     StepClock,
     apply_gradients,
     autocast,
+    build,
     check_mixed_precision,
     checkpoint_when_due,
     endless,
@@ -170,9 +171,9 @@ def build_models(config: MarDiniTrainConfig):
     """(planner, generator) freshly initialised from the config."""
     from reelkit.mardini import MarDiniGenerator, MarDiniPlanner
 
-    planner = MarDiniPlanner(**config.planner)
+    planner = build(MarDiniPlanner, "planner", config.planner)
     plan_dim = planner.config.num_attention_heads * planner.config.attention_head_dim
-    generator = MarDiniGenerator(**{"plan_dim": plan_dim, "sample_size": config.size // 8, **config.generator})
+    generator = build(MarDiniGenerator, "generator", config.generator, plan_dim=plan_dim, sample_size=config.size // 8)
     return planner, generator
 
 

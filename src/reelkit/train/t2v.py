@@ -36,6 +36,7 @@ from reelkit.train.common import (
     apply_gradients,
     architecture_differences,
     autocast,
+    build,
     check_mixed_precision,
     checkpoint_when_due,
     endless,
@@ -137,10 +138,9 @@ def build_components(config: T2VTrainConfig, spatial_compression: int = 8):
     from reelkit.models.text import WorldTextEncoder, build_tokenizer
 
     tokenizer = build_tokenizer()
-    text_options = {"vocab_size": len(tokenizer), **config.text_encoder}
-    text_encoder = WorldTextEncoder(**text_options)
-    transformer = VideoDiT(**{"text_dim": text_encoder.config.dim,
-                              "sample_size": config.size // spatial_compression, **config.model})
+    text_encoder = build(WorldTextEncoder, "text_encoder", config.text_encoder, vocab_size=len(tokenizer))
+    transformer = build(VideoDiT, "model", config.model, text_dim=text_encoder.config.dim,
+                        sample_size=config.size // spatial_compression)
     if config.init_from is not None:
         transformer, text_encoder = _warm_start(config.init_from, transformer, text_encoder)
     return transformer, text_encoder, tokenizer

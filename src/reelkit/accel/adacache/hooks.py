@@ -10,29 +10,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from reelkit.accel import step_hooks
 from reelkit.accel._diffusers_compat import (
     BaseState,
     CacheContext,
     ModelHook,
     StateManager,
     TransformerBlockMetadata,
-    claim_cache,
     get_hook,
-    invalidate,
     register_hook,
-    release_cache,
-    remove_hooks,
-    reset_hooks,
 )
 from reelkit.accel.adacache.config import AdaCacheConfig, AdaCacheError, Codebook
 from reelkit.accel.adacache.models import AdaCacheModelSpec, cached_blocks, model_spec
-from reelkit.accel.step_hooks import (
-    StepAwareModelHook,
-    applied_hook,
-    block_metadata,
-    forward_signature,
-    refuse_to_stack,
-)
 
 _MODEL_HOOK = "ada_cache_model"
 _BLOCK_HOOK = "ada_cache_block"
@@ -140,7 +129,7 @@ class _Run:
         return self.step >= self.schedule.num_steps - 1
 
 
-class AdaCacheModelHook(StepAwareModelHook):
+class AdaCacheModelHook(step_hooks.StepAwareModelHook):
     """Sits on the model's forward: starts new generations and decides compute or reuse at each step."""
 
     technique = "AdaCache"
@@ -376,7 +365,7 @@ def apply_ada_cache(model: nn.Module, config: AdaCacheConfig | None = None) -> N
     does not exist, or if another cache (diffusers' or cache-dit's, or AdaCache itself) is applied.
     """
     config = config or AdaCacheConfig()
-    refuse_to_stack(model, "_ada_cache_config", _OWN_HOOKS, "AdaCache", "remove_ada_cache", AdaCacheError)
+    step_hooks.refuse_to_stack(model, "_ada_cache_config", _OWN_HOOKS, "AdaCache", "remove_ada_cache", AdaCacheError)
     blocks = cached_blocks(model)
     if not blocks:
         raise AdaCacheError(f"{type(model).__name__} has no transformer blocks AdaCache knows; register its block "
@@ -393,29 +382,27 @@ def apply_ada_cache(model: nn.Module, config: AdaCacheConfig | None = None) -> N
             if not isinstance(getattr(blocks[name], residual, None), nn.Module):
                 raise AdaCacheError(f"block {name!r} has no submodule {residual!r} to monitor")
 
-    signature = forward_signature(model)
+    signature = step_hooks.forward_signature(model)
     if spec.hidden_states_argument not in signature.parameters:
         raise AdaCacheError(f"{type(model).__name__}.forward has no {spec.hidden_states_argument!r} argument")
     run = _Run()
     register_hook(model, AdaCacheModelHook(config, run, spec.hidden_states_argument, spec, signature), _MODEL_HOOK)
     for name, block in blocks.items():
-        hook = AdaCacheBlockHook(name, block_metadata(type(block)), run, config, name in monitors,
+        hook = AdaCacheBlockHook(name, step_hooks.block_metadata(type(block)), run, config, name in monitors,
                                  spec.layout(name, residual))
         register_hook(block, hook, _BLOCK_HOOK)
         if name in monitors and residual != "block":
             register_hook(getattr(block, residual), AdaCacheMonitorHook(name, run), _MONITOR_HOOK)
-    claim_cache(model, "_ada_cache_config", config)
-    invalidate(model)
+    step_hooks.claim(model, "_ada_cache_config", config)
 
 
 def remove_ada_cache(model: nn.Module) -> None:
     """Remove AdaCache's hooks and caches; the model computes exactly as before :func:`apply_ada_cache`."""
-    remove_hooks(model, _MODEL_HOOK, _BLOCK_HOOK, _MONITOR_HOOK)
-    release_cache(model, "_ada_cache_config")
+    step_hooks.uninstall(model, "_ada_cache_config", _OWN_HOOKS)
 
 
 def _model_hook(model: nn.Module) -> AdaCacheModelHook:
-    return applied_hook(model, _MODEL_HOOK, "AdaCache", AdaCacheError)
+    return step_hooks.applied_hook(model, _MODEL_HOOK, "AdaCache", AdaCacheError)
 
 
 def ada_cache_stats(model: nn.Module) -> dict[str, AdaCacheStats]:
@@ -434,8 +421,7 @@ def ada_cache_stats(model: nn.Module) -> dict[str, AdaCacheStats]:
 
 def reset_ada_cache(model: nn.Module) -> None:
     """Forget all schedules and cached residuals (new generations also start afresh on their own)."""
-    _model_hook(model)
-    reset_hooks(model)
+    step_hooks.reset(model, _MODEL_HOOK, "AdaCache", AdaCacheError)
 
 
 def record_metric_trace(model: nn.Module, enabled: bool = True) -> list[dict] | None:

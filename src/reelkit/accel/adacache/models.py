@@ -9,10 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reelkit.accel.step_hooks import (
-    block_metadata,
-    register_block,
-)
+from reelkit.accel.step_hooks import block_metadata, register_block
 
 
 def _frames_from_5d(model: nn.Module, hidden_states: torch.Tensor, arguments: dict[str, Any]) -> int:

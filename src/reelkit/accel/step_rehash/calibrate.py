@@ -17,12 +17,7 @@ from reelkit.accel.step_rehash.hooks import (
     record_rehash_features,
     remove_step_rehash,
 )
-from reelkit.accel.step_rehash.schedule import (
-    RehashSchedule,
-    StepRehashError,
-    check_budget,
-    uniform_key_steps,
-)
+from reelkit.accel.step_rehash.schedule import RehashSchedule, StepRehashError, check_budget, uniform_key_steps
 
 
 @dataclass

@@ -12,22 +12,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from reelkit.accel import step_hooks
 from reelkit.accel._diffusers_compat import (
     CacheContext,
     ModelHook,
-    claim_cache,
-    invalidate,
     register_hook,
-    release_cache,
-    remove_hooks,
-    reset_hooks,
-)
-from reelkit.accel.step_hooks import (
-    StepAwareModelHook,
-    applied_hook,
-    block_metadata,
-    forward_signature,
-    refuse_to_stack,
 )
 from reelkit.accel.step_rehash.schedule import RehashSchedule, StepRehashError, bundled_schedule_path, uniform_key_steps
 
@@ -180,7 +169,7 @@ def _hidden(args, kwargs, name: str = "hidden_states") -> torch.Tensor:
     return kwargs[name] if name in kwargs else args[0]
 
 
-class StepRehashModelHook(StepAwareModelHook):
+class StepRehashModelHook(step_hooks.StepAwareModelHook):
     """Sits on the model's forward: decides key or rehash at each step of each cache context."""
 
     technique = "Step Rehash"
@@ -339,7 +328,7 @@ def deep_part(model: nn.Module, config: StepRehashConfig | None = None) -> list[
     if front + back >= len(blocks):
         raise StepRehashError(f"shallow_blocks {config.shallow_blocks} leaves no deep block of {len(blocks)}")
     for block in blocks:
-        metadata = block_metadata(type(block))
+        metadata = step_hooks.block_metadata(type(block))
         if metadata is None or metadata.return_encoder_hidden_states_index is not None:
             raise StepRehashError(f"{type(block).__name__} blocks are not supported: Step Rehash needs blocks "
                                   "registered with diffusers' TransformerBlockRegistry that return only the tokens")
@@ -353,10 +342,11 @@ def apply_step_rehash(model: nn.Module, config: StepRehashConfig | None = None) 
     diffusers' or cache-dit's, or Step Rehash itself) is applied.
     """
     config = config or StepRehashConfig()
-    refuse_to_stack(model, "_step_rehash_config", _OWN_HOOKS, "Step Rehash", "remove_step_rehash", StepRehashError)
+    step_hooks.refuse_to_stack(model, "_step_rehash_config", _OWN_HOOKS, "Step Rehash", "remove_step_rehash",
+                               StepRehashError)
     deep = deep_part(model, config)
     modules = dict(model.named_modules())
-    signature = forward_signature(model)
+    signature = step_hooks.forward_signature(model)
     hidden_argument = "sample" if "sample" in signature.parameters else "hidden_states"
     if hidden_argument not in signature.parameters:
         raise StepRehashError(f"{type(model).__name__}.forward has no 'sample' or 'hidden_states' argument")
@@ -369,25 +359,23 @@ def apply_step_rehash(model: nn.Module, config: StepRehashConfig | None = None) 
             kind = "inject" if index == len(deep) - 1 else name.split("_")[0]
             register_hook(block, _UNetDeepHook(run, kind, _down_outputs(block) if kind == "down" else 0), _DEEP_HOOK)
     else:
-        metadata_name = block_metadata(type(modules[deep[0]])).hidden_states_argument_name
+        metadata_name = step_hooks.block_metadata(type(modules[deep[0]])).hidden_states_argument_name
         for index, name in enumerate(deep):
             hook = _DiTDeepBlockHook(run, index == 0, index == len(deep) - 1, metadata_name)
             register_hook(modules[name], hook, _DEEP_HOOK)
         probe = getattr(modules[deep[-1]], "attn_temporal", None)
         if config.similarity_feature == "temporal" and isinstance(probe, nn.Module):
             register_hook(probe, _ProbeHook(run, model_hook), _PROBE_HOOK)
-    claim_cache(model, "_step_rehash_config", config)
-    invalidate(model)
+    step_hooks.claim(model, "_step_rehash_config", config)
 
 
 def remove_step_rehash(model: nn.Module) -> None:
     """Remove Step Rehash's hooks and stored features; the model computes exactly as before."""
-    remove_hooks(model, *_OWN_HOOKS)
-    release_cache(model, "_step_rehash_config")
+    step_hooks.uninstall(model, "_step_rehash_config", _OWN_HOOKS)
 
 
 def _model_hook(model: nn.Module) -> StepRehashModelHook:
-    return applied_hook(model, _MODEL_HOOK, "Step Rehash", StepRehashError)
+    return step_hooks.applied_hook(model, _MODEL_HOOK, "Step Rehash", StepRehashError)
 
 
 def step_rehash_stats(model: nn.Module) -> dict[str, StepRehashStats]:
@@ -401,8 +389,7 @@ def step_rehash_stats(model: nn.Module) -> dict[str, StepRehashStats]:
 
 def reset_step_rehash(model: nn.Module) -> None:
     """Forget the stored features and step counts (new generations also start afresh on their own)."""
-    _model_hook(model)
-    reset_hooks(model)
+    step_hooks.reset(model, _MODEL_HOOK, "Step Rehash", StepRehashError)
 
 
 def format_stats(stats: dict[str, StepRehashStats]) -> str:
