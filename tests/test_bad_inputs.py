@@ -46,7 +46,7 @@ def ws(tmp_path_factory, model_dir):
         if name.suffix == ".safetensors":
             (root / "mismatched" / name.name).write_bytes(name.read_bytes())
     pipe = tiny_masked_pipeline()
-    save_masked_video_pipeline(pipe.planner, pipe.generator, root / "mardini")
+    save_masked_video_pipeline(pipe.planner, pipe.transformer, root / "mardini")
     for name, values in {
         "empty.yaml": None, "list.yaml": [1, 2], "zero_save.yaml": {"stage": "image_vae", "save_every": 0},
         "neg_steps.yaml": {"stage": "image_vae", "max_steps": -5}, "nan_lr.yaml": {"learning_rate": float("nan")},

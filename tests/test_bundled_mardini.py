@@ -7,7 +7,7 @@ from PIL import Image
 from reelkit.data.datasets import heldout_seeds
 from reelkit.data.video_io import read_video
 from reelkit.data.world import render_clip
-from reelkit.eval.metrics import video_psnr
+from reelkit.metrics import video_psnr
 from reelkit.pipelines.masked_video import load_masked_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")

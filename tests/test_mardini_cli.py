@@ -13,7 +13,7 @@ from reelkit.pipelines.masked_video import save_masked_video_pipeline, tiny_mask
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mardini_cli")
     pipe = tiny_masked_pipeline()
-    save_masked_video_pipeline(pipe.planner, pipe.generator, folder / "model")
+    save_masked_video_pipeline(pipe.planner, pipe.transformer, folder / "model")
     clip = render_clip(3, 9, 32).video
     for name, index in (("first.png", 0), ("last.png", 8)):
         pixels = ((clip[:, index].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()

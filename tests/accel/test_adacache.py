@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from diffusers.hooks import FirstBlockCacheConfig
+from hook_contract import StepHookContract  # tests/accel/hook_contract.py: the shared contract
 from torch import nn
 
 from reelkit.accel._diffusers_compat import hook_names
@@ -53,6 +53,25 @@ def ada_hooks(model):
     return {name for name in hook_names(model) if name.startswith("ada_cache")}
 
 
+class TestAdaCacheContract(StepHookContract):
+    hook_prefix, error, steps = "ada_cache", AdaCacheError, STEPS
+
+    def apply(self, model, config=None):
+        apply_ada_cache(model, config)
+
+    def remove(self, model):
+        remove_ada_cache(model)
+
+    def exact_config(self):
+        return AdaCacheConfig(codebook=NEVER_REUSE)
+
+    def skipping_config(self):
+        return AdaCacheConfig(codebook={0.5: 4, 1.0: 2, 5.0: 1})
+
+    def generate(self, pipe, seed=0, **kwargs):
+        return generate(pipe, seed=seed, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------ exactness
 
 
@@ -78,33 +97,6 @@ def test_reuse_skips_the_blocks_and_stays_close(pipe):
     assert attention[0] == 2 * computed  # cond + uncond calls, only on computed steps
     assert stats["cond"].computed_steps[0][:2] == (0, 1) and stats["cond"].computed_steps[0][-2:] == (10, 11)
     assert torch.isfinite(cached).all() and not torch.equal(cached, plain)
-
-
-def test_a_second_generation_equals_a_fresh_models(pipe, base_pipe):
-    config = AdaCacheConfig(codebook={0.5: 4, 1.0: 2, 5.0: 1})
-    apply_ada_cache(pipe.transformer, config)
-    first = generate(pipe, seed=0)
-    generate(pipe, prompt="a blue star spinning", seed=5)
-    again = generate(pipe, seed=0)
-    fresh = copy.deepcopy(base_pipe)
-    apply_ada_cache(fresh.transformer, config)
-    assert torch.equal(again, first) and torch.equal(generate(fresh, seed=0), first)
-
-
-def test_an_interrupted_generation_does_not_poison_the_next(pipe, base_pipe):
-    config = AdaCacheConfig(codebook={0.5: 4, 1.0: 2, 5.0: 1})
-    apply_ada_cache(pipe.transformer, config)
-
-    def stop_midway(pipeline, step, timestep, tensors):
-        if step == 6:
-            raise KeyboardInterrupt
-        return tensors
-
-    with pytest.raises(KeyboardInterrupt):
-        generate(pipe, prompt="a blue star spinning", seed=9, callback_on_step_end=stop_midway)
-    fresh = copy.deepcopy(base_pipe)
-    apply_ada_cache(fresh.transformer, config)
-    assert torch.equal(generate(pipe), generate(fresh))
 
 
 def test_reset_forgets_schedules(pipe):
@@ -243,21 +235,6 @@ def test_without_a_step_count_the_error_says_what_to_set():
     apply_ada_cache(model, AdaCacheConfig())
     with pytest.raises(AdaCacheError, match="num_inference_steps"):
         run_direct(model)
-
-
-def test_refuses_to_stack_on_another_cache_or_on_itself():
-    model = tiny_dit()
-    model.enable_cache(FirstBlockCacheConfig(threshold=0.1))
-    with pytest.raises(AdaCacheError, match="FirstBlockCacheConfig"):
-        apply_ada_cache(model, AdaCacheConfig())
-    model.disable_cache()
-    apply_ada_cache(model, AdaCacheConfig())
-    with pytest.raises(AdaCacheError, match="already applied"):
-        apply_ada_cache(model, AdaCacheConfig())
-    with pytest.raises(ValueError, match="already been enabled"):  # diffusers' caches refuse to stack on it too
-        model.enable_cache(FirstBlockCacheConfig(threshold=0.1))
-    remove_ada_cache(model)
-    model.enable_cache(FirstBlockCacheConfig(threshold=0.1))
 
 
 @pytest.mark.parametrize("kwargs, message", [

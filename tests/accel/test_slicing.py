@@ -176,3 +176,16 @@ def test_a_hook_inside_a_block_still_sees_the_whole_feature(model):
     apply_feature_slicing(model, SlicingConfig(3, 3))
     assert (run(model, latents, text) - plain).abs().max() <= 1e-5
     assert seen[0] == seen[1] == (BATCH * SIDE * SIDE // 4, FRAMES, seen[0][2])  # (B*S, T, C) both times
+
+
+def test_a_subclass_of_a_sliced_block_is_not_sliced_as_its_parent():
+    """MarDini's generator block is a VideoDiTBlock with another forward: the VideoDiT slicer must not run on
+    it. Slicing a MarDini generator is refused with the fix, and the model computes as before."""
+    from reelkit.mardini.generator import MarDiniGenerator, MarDiniGeneratorBlock
+    from reelkit.models.dit import VideoDiTBlock
+
+    assert issubclass(MarDiniGeneratorBlock, VideoDiTBlock)
+    model = MarDiniGenerator(num_layers=1, num_attention_heads=2, attention_head_dim=8, plan_dim=16, sample_size=4)
+    with pytest.raises(SlicingError, match="knows no block of MarDiniGenerator.*register_slicer"):
+        apply_feature_slicing(model)
+    assert getattr(model, "_feature_slicing", None) is None

@@ -10,7 +10,7 @@ from reelkit.data import video_io
 from reelkit.data.video_io import contact_sheet, probe_video, read_video, write_frames, write_video
 from reelkit.data.world import render_clip
 from reelkit.errors import ReelkitError, VideoReadError
-from reelkit.eval.metrics import video_psnr
+from reelkit.metrics import video_psnr
 
 
 @pytest.fixture(scope="module")

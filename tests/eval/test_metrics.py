@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from reelkit.eval.metrics import video_psnr, video_ssim
+from reelkit.metrics import video_psnr, video_ssim
 
 
 def test_psnr_and_ssim_on_known_errors():

@@ -11,7 +11,7 @@ from reelkit.pipelines.masked_video import load_masked_video, save_masked_video_
 def pipe():
     pipe = tiny_masked_pipeline()
     generator = torch.Generator().manual_seed(1)
-    for model in (pipe.planner, pipe.generator):  # open the adaLN-zero gates so every input matters
+    for model in (pipe.planner, pipe.transformer):  # open the adaLN-zero gates so every input matters
         for parameter in model.parameters():
             parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
     return pipe
@@ -84,11 +84,25 @@ def test_bad_inputs_are_one_line_errors(pipe, call, message):
 
 
 def test_saved_pipeline_loads_with_the_bundled_image_vae(pipe, tmp_path):
-    folder = save_masked_video_pipeline(pipe.planner, pipe.generator, tmp_path / "model")
+    folder = save_masked_video_pipeline(pipe.planner, pipe.transformer, tmp_path / "model")
     assert not (folder / "vae").exists()
     loaded = load_masked_video(folder)
-    assert torch.equal(next(loaded.generator.parameters()), next(pipe.generator.parameters()))
+    assert torch.equal(next(loaded.transformer.parameters()), next(pipe.transformer.parameters()))
     assert loaded.vae.config.latent_channels == 8
+
+
+def test_a_folder_saved_before_the_rename_still_loads(pipe, tmp_path):
+    """The generator network used to be the pipeline's ``generator`` component (a name that clashed with the
+    random number generator); folders saved then load as before, the network as ``transformer``."""
+    import json
+
+    folder = save_masked_video_pipeline(pipe.planner, pipe.transformer, tmp_path / "model")
+    (folder / "transformer").rename(folder / "generator")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["generator"] = index.pop("transformer")
+    (folder / "model_index.json").write_text(json.dumps(index))
+    loaded = load_masked_video(folder)
+    assert torch.equal(next(loaded.transformer.parameters()), next(pipe.transformer.parameters()))
 
 
 def test_missing_folder_is_a_one_line_error(tmp_path):

@@ -101,7 +101,7 @@ def test_save_and_load_without_a_vae_folder(pipe, tmp_path):
 def test_a_folder_records_which_bundled_vae_it_decodes_with(pipe, tmp_path):
     import json
 
-    from reelkit.train.common import save_pipeline_without_vae
+    from reelkit.loading import save_pipeline_without_vae
     from reelkit.vae import load_cvvae
 
     folder = save_pipeline_without_vae(TextToVideoPipeline(pipe.transformer, load_cvvae("cvvae_f4"), pipe.text_encoder,

@@ -7,19 +7,10 @@ import torch
 import yaml
 
 from reelkit.errors import ReelkitError
+from reelkit.objectives.consistency import consistency_estimate, pseudo_huber, solver_grid, teacher_solver_step
 from reelkit.pipelines.text_to_video import load_text_to_video, tiny_pipeline
 from reelkit.rewards import DemoImageTextReward, DemoVideoTextReward
-from reelkit.train.distill import (
-    DistillConfig,
-    ProcessRoles,
-    build_student,
-    consistency_estimate,
-    export_student,
-    pseudo_huber,
-    run,
-    solver_grid,
-    teacher_solver_step,
-)
+from reelkit.train.distill import DistillConfig, ProcessRoles, build_student, export_student, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_REWARD = {"channels": (8, 8, 16), "embed_dim": 16, "text_dim": 16, "text_layers": 1, "text_heads": 2,

@@ -6,7 +6,8 @@ import yaml
 
 from reelkit.errors import ReelkitError
 from reelkit.mardini.masking import reference_mask
-from reelkit.train.mardini import MarDini, MarDiniTrainConfig, build_models, masked_mse, run, stage_lr
+from reelkit.objectives.masked import masked_mse
+from reelkit.train.mardini import MarDini, MarDiniTrainConfig, build_models, run, stage_lr
 
 TINY = {"cache_clips": 6, "num_frames": 9, "size": 32, "batch_size": 3, "save_every": 3, "log_every": 1,
         "threads": 1, "warmup_steps": 1,

@@ -154,7 +154,7 @@ def test_an_object_weighted_run_adds_coverage_to_its_cache(tmp_path, tiny_vae_di
 
 
 def test_the_weighted_flow_matching_loss_is_the_plain_one_under_uniform_weights():
-    from reelkit.train.t2v import flow_matching_loss
+    from reelkit.objectives.flow_matching import flow_matching_loss
 
     def denoiser(noisy, timestep, input_ids, attention_mask):
         return noisy * 0.5
@@ -167,3 +167,18 @@ def test_the_weighted_flow_matching_loss_is_the_plain_one_under_uniform_weights(
     spot = torch.ones(2, 1, 3, 4, 4)
     spot[..., :2, :2] = 50.0
     assert flow_matching_loss(denoiser, latents, tokens, torch.Generator().manual_seed(0), weight=spot) != plain
+
+
+def test_key_value_overrides_on_the_command_line(tmp_path, tiny_vae_dir, cli, one_line_error):
+    """An ablation is one line: any config key, nested ones with a dot, values read as YAML (1e-3 a number)."""
+    config = write_config(tmp_path, tiny_vae_dir, max_steps=5)
+    code, out, err = cli("train", "t2v", "--config", config, "max_steps=2", "learning_rate=1e-3",
+                         "model.attention_head_dim=4", f"output_dir={tmp_path / 'ablation'}")
+    assert code == 0, err
+    recorded = yaml.safe_load((tmp_path / "ablation" / "config.yaml").read_text())
+    assert recorded["max_steps"] == 2 and recorded["learning_rate"] == 1e-3
+    assert recorded["model"] == {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4}
+    for bad, message in (("max_steps", "not key=value"), ("learning_rat=1", "unknown config keys learning_rat"),
+                         ("max_steps=two", "max_steps"), ("model.x.y=1", "unknown|not a mapping|x")):
+        line = one_line_error(*cli("train", "t2v", "--config", config, bad)[::2])
+        assert any(part in line for part in message.split("|")), line

@@ -4,7 +4,7 @@ import torch
 
 from reelkit.data.datasets import heldout_seeds
 from reelkit.data.world import render_clip
-from reelkit.eval.metrics import video_psnr
+from reelkit.metrics import video_psnr
 from reelkit.paths import bundled_models
 from reelkit.vae import compat_decode, image_vae_reconstruct, load_cvvae, load_image_vae, reconstruct
 from reelkit.vae.losses import psi

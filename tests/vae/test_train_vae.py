@@ -94,7 +94,7 @@ def test_object_weights_lift_the_objects_and_their_edges():
     import torch
 
     from reelkit.data.datasets import VaeTrainStream
-    from reelkit.train.vae import object_weights, weighted_reconstruction
+    from reelkit.objectives.reconstruction import object_weights, weighted_reconstruction
 
     video, coverage = next(iter(VaeTrainStream(num_frames=1, size=32, photo_fraction=0.0, with_coverage=True)))
     assert video.shape == (3, 1, 32, 32) and coverage.shape == (1, 1, 32, 32)

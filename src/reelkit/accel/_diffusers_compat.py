@@ -8,6 +8,7 @@ diffusers upgrade is mended in this file alone.
 from __future__ import annotations
 
 import torch
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, CacheContext, HookRegistry, ModelHook, StateManager, _set_cache_context
 
 # hooks that diffusers' own caches register; reelkit refuses to stack on top of them
@@ -30,6 +31,12 @@ def hook_names(module: torch.nn.Module) -> set[str]:
         if registry is not None:
             names.update(registry.hooks)
     return names
+
+
+def own_hook_names(module: torch.nn.Module) -> set[str]:
+    """Names of the diffusers hooks registered on ``module`` itself (not its submodules)."""
+    registry = getattr(module, "_diffusers_hook", None)
+    return set(registry.hooks) if registry is not None else set()
 
 
 def active_cache(module: torch.nn.Module, own_hooks: tuple[str, ...] = ()) -> str | None:
@@ -90,6 +97,20 @@ def set_cache_context(module: torch.nn.Module, context: CacheContext | None) -> 
     _set_cache_context(module, context)
 
 
-__all__ = ["BaseState", "CacheContext", "ModelHook", "StateManager", "active_cache", "claim_cache",
-           "current_context", "get_hook", "hook_names", "invalidate", "register_hook", "registry_of",
-           "release_cache", "remove_hooks", "set_cache_context"]
+def reset_hooks(model: torch.nn.Module) -> None:
+    """Reset every stateful hook on ``model`` and its submodules (diffusers' ``reset_stateful_hooks``)."""
+    model._diffusers_hook.reset_stateful_hooks(recurse=True)
+
+
+def registered_block_metadata(block_class: type) -> TransformerBlockMetadata | None:
+    """``block_class``'s entry in diffusers' ``TransformerBlockRegistry`` (exact class), or None."""
+    try:
+        return TransformerBlockRegistry.get(block_class)
+    except ValueError:
+        return None
+
+
+__all__ = ["BaseState", "CacheContext", "ModelHook", "StateManager", "TransformerBlockMetadata", "active_cache",
+           "claim_cache", "current_context", "get_hook", "hook_names", "invalidate", "own_hook_names", "register_hook",
+           "registered_block_metadata", "registry_of", "release_cache", "remove_hooks", "reset_hooks",
+           "set_cache_context"]

@@ -36,8 +36,8 @@ from reelkit.accel.adacache import (
     record_metric_trace,
     remove_ada_cache,
 )
-from reelkit.eval.metrics import video_psnr
 from reelkit.generation import GenerationSettings
+from reelkit.metrics import video_psnr
 
 QUANTILES = (0.2, 0.4, 0.6, 0.8)
 THRESHOLD_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reelkit.accel._diffusers_compat import ModelHook, hook_names, register_hook, remove_hooks
+from reelkit.accel._diffusers_compat import ModelHook, hook_names, own_hook_names, register_hook, remove_hooks
 from reelkit.errors import ReelkitError
 
 logger = logging.getLogger(__name__)
@@ -241,13 +241,13 @@ def group_norm_apply(norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, rs
 
 def slice_video_dit_block(block: nn.Module, runner: SliceRunner, forward: Callable, hidden_states: torch.Tensor,
                           encoder_hidden_states: torch.Tensor, temb: torch.Tensor, num_frames: int) -> torch.Tensor:
-    from reelkit.models.dit import NUM_BRANCHES, modulate
-
+    """``VideoDiTBlock.forward`` on slices, through the block's own branch methods (so an edit to a branch is
+    made once): spatial attention on ``frame_chunks`` slices of the ``B*T`` frames, then temporal attention,
+    cross-attention and the MLP as one group on ``spatial_chunks`` slices of each video's locations."""
     x = hidden_states  # (B, T*S, C)
     B, N, C = x.shape
     T, S = num_frames, N // num_frames
-    modulation = (block.scale_shift_table[None] + temb.view(B, 3 * NUM_BRANCHES, C)).unsqueeze(2)
-    shift, scale, gate = modulation.view(B, NUM_BRANCHES, 3, 1, C).unbind(2)  # each (B, 4, 1, C)
+    shift, scale, gate = block.modulation(temb)  # each (B, 4, 1, C)
 
     frames = x.view(B * T, S, C)
     # inside the VideoDiT's own loop a block's input is dead once the block returns, so with no other hook
@@ -259,22 +259,17 @@ def slice_video_dit_block(block: nn.Module, runner: SliceRunner, forward: Callab
 
     def spatial(s: slice) -> None:
         b = batch_of_frame[s]
-        h = modulate(block.norm1(frames[s]), shift[b, 0], scale[b, 0])  # (n, S, C)
-        out_frames[s] = frames[s] + gate[b, 0] * block.attn1(h)
+        out_frames[s] = block.spatial_branch(frames[s], shift[b, 0], scale[b, 0], gate[b, 0])  # (n, S, C)
 
     runner.run(spatial, chunk_slices(B * T, runner.frame_chunks), x.device)
 
     locations = out.view(B, T, S, C)
 
     def temporal(b: int, s: slice) -> None:
-        y = locations[b, :, s]  # (T, n, C)
-        h = modulate(block.norm_temporal(y), shift[b, 1], scale[b, 1]).transpose(0, 1)  # (n, T, C)
-        y = y + gate[b, 1] * block.attn_temporal(h).transpose(0, 1)
-        tokens = y.reshape(1, -1, C)  # (1, T*n, C)
-        h = modulate(block.norm2(tokens), shift[b, 2], scale[b, 2])
-        tokens = tokens + gate[b, 2] * block.attn2(h, encoder_hidden_states=encoder_hidden_states[b:b + 1])
-        h = modulate(block.norm3(tokens), shift[b, 3], scale[b, 3])
-        locations[b, :, s] = (tokens + gate[b, 3] * block.ff(h)).view_as(y)
+        y = block.temporal_branch(locations[b, :, s].transpose(0, 1), shift[b, 1], scale[b, 1], gate[b, 1])
+        tokens = y.transpose(0, 1).reshape(1, -1, C)  # (1, T*n, C)
+        tokens = block.text_branch(tokens, shift[b, 2], scale[b, 2], gate[b, 2], encoder_hidden_states[b:b + 1])
+        locations[b, :, s] = block.mlp_branch(tokens, shift[b, 3], scale[b, 3], gate[b, 3]).view(T, -1, C)
 
     for b in range(B):
         runner.run(lambda s, b=b: temporal(b, s), chunk_slices(S, runner.spatial_chunks), x.device)
@@ -320,16 +315,14 @@ def register_slicer(module_class: type, slicer: Slicer = slice_rows, container: 
 
 
 def _slicer_for(module: nn.Module) -> Slicer | None:
-    for cls in type(module).__mro__:
-        if cls in _SLICERS:
-            return _SLICERS[cls]
-    return None
+    """The slicer registered for ``module``'s exact class: a subclass may compute differently (MarDini's
+    generator block is a ``VideoDiTBlock`` with another forward), so it is sliced only if registered itself."""
+    return _SLICERS.get(type(module))
 
 
 def _hooked_inside(block: nn.Module) -> bool:
     """Whether a layer inside ``block`` (not the block itself) carries a diffusers hook."""
-    return any(getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks
-               for m in block.modules() if m is not block and not _slicer_for(m))
+    return any(own_hook_names(m) for m in block.modules() if m is not block and not _slicer_for(m))
 
 
 class FeatureSlicingHook(ModelHook):
@@ -375,7 +368,7 @@ class _Plan:
     def choose(self, call: Callable[[], Any]) -> tuple[int, int]:
         """Measure the activation peak at two chunk counts, fit ``peak = fixed + sliced / chunks`` and take
         the fewest chunks that fit the budget (the most the probe allows when none does)."""
-        from reelkit.eval.bench.harness import peak_memory_bytes
+        from reelkit.memory import peak_memory_bytes
 
         peaks = []
         with torch.no_grad():

@@ -39,6 +39,7 @@ from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
+from reelkit.accel._diffusers_compat import get_hook
 from reelkit.accel.slicing import (
     _BLOCK_HOOK,
     SliceRunner,
@@ -110,8 +111,7 @@ def _sliced_descendants(root: nn.Module, runner: SliceRunner,
         if slicer is None:
             continue
         inside.update(id(child) for child in module.modules())
-        registry = getattr(module, "_diffusers_hook", None)
-        if registry is not None and _BLOCK_HOOK in registry.hooks:
+        if get_hook(module, _BLOCK_HOOK) is not None:
             continue  # hooked already (its parent registered as a container): sliced by its hook
         swapped.append((module, module.__dict__.get("forward")))
         module.forward = functools.partial(slicer, module, runner, module.forward)

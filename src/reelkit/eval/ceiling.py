@@ -28,7 +28,7 @@ import torch
 
 from reelkit.data.world import WorldClip
 from reelkit.eval.adherence import Objects, judge_clips, label_accuracy, mean_adherence, prompt_adherence
-from reelkit.eval.metrics import video_psnr, video_ssim
+from reelkit.metrics import video_psnr, video_ssim
 
 
 @dataclass

@@ -101,27 +101,48 @@ class VideoDiTBlock(nn.Module):
         # per-block offsets added to the shared timestep modulation: (shift, scale, gate) per branch
         self.scale_shift_table = nn.Parameter(torch.randn(3 * NUM_BRANCHES, dim) / dim**0.5)
 
+    # The four branches, each ``x + gate * branch(modulate(norm(x)))`` on any slice of the tokens whose shift,
+    # scale and gate broadcast against it: ``forward`` runs them on the whole batch, Feature Slicing on slices.
+
+    def modulation(self, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(shift, scale, gate)``, each ``(B, 4, 1, C)``: one row per branch."""
+        B, C = temb.shape[0], self.scale_shift_table.shape[-1]
+        modulation = (self.scale_shift_table[None] + temb.view(B, 3 * NUM_BRANCHES, C)).unsqueeze(2)
+        return modulation.view(B, NUM_BRANCHES, 3, 1, C).unbind(2)
+
+    def spatial_branch(self, frames: torch.Tensor, shift, scale, gate) -> torch.Tensor:
+        """Self-attention within frames: ``frames`` ``(n, S, C)``."""
+        return frames + gate * self.attn1(modulate(self.norm1(frames), shift, scale))
+
+    def temporal_branch(self, locations: torch.Tensor, shift, scale, gate) -> torch.Tensor:
+        """Self-attention across frames at each location: ``locations`` ``(n, T, C)``."""
+        return locations + gate * self.attn_temporal(modulate(self.norm_temporal(locations), shift, scale))
+
+    def text_branch(self, tokens: torch.Tensor, shift, scale, gate, encoder_hidden_states: torch.Tensor
+                    ) -> torch.Tensor:
+        """Cross-attention to the text: ``tokens`` ``(b, L, C)``."""
+        h = modulate(self.norm2(tokens), shift, scale)
+        return tokens + gate * self.attn2(h, encoder_hidden_states=encoder_hidden_states)
+
+    def mlp_branch(self, tokens: torch.Tensor, shift, scale, gate) -> torch.Tensor:
+        return tokens + gate * self.ff(modulate(self.norm3(tokens), shift, scale))
+
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
                 num_frames: int) -> torch.Tensor:
         x = hidden_states  # (B, T*S, C)
         B, N, C = x.shape
         T, S = num_frames, N // num_frames
-        modulation = (self.scale_shift_table[None] + temb.view(B, 3 * NUM_BRANCHES, C)).unsqueeze(2)
-        shift, scale, gate = modulation.view(B, NUM_BRANCHES, 3, 1, C).unbind(2)  # each (B, 4, 1, C)
+        shift, scale, gate = self.modulation(temb)  # each (B, 4, 1, C)
 
-        h = modulate(self.norm1(x), shift[:, 0], scale[:, 0]).reshape(B * T, S, C)
-        x = x + gate[:, 0] * self.attn1(h).reshape(B, N, C)
+        def per(rows: int, branch: int) -> tuple[torch.Tensor, ...]:  # each (B*rows, 1, C)
+            return tuple(m[:, branch].repeat_interleave(rows, 0) for m in (shift, scale, gate))
 
-        h = modulate(self.norm_temporal(x), shift[:, 1], scale[:, 1])
-        h = h.view(B, T, S, C).transpose(1, 2).reshape(B * S, T, C)
-        h = self.attn_temporal(h).view(B, S, T, C).transpose(1, 2).reshape(B, N, C)
-        x = x + gate[:, 1] * h
-
-        h = modulate(self.norm2(x), shift[:, 2], scale[:, 2])
-        x = x + gate[:, 2] * self.attn2(h, encoder_hidden_states=encoder_hidden_states)
-
-        h = modulate(self.norm3(x), shift[:, 3], scale[:, 3])
-        return x + gate[:, 3] * self.ff(h)
+        x = self.spatial_branch(x.reshape(B * T, S, C), *per(T, 0))  # (B*T, S, C)
+        x = x.view(B, T, S, C).transpose(1, 2).reshape(B * S, T, C)
+        x = self.temporal_branch(x, *per(S, 1))  # (B*S, T, C)
+        x = x.view(B, S, T, C).transpose(1, 2).reshape(B, N, C)
+        x = self.text_branch(x, shift[:, 2], scale[:, 2], gate[:, 2], encoder_hidden_states)
+        return self.mlp_branch(x, shift[:, 3], scale[:, 3], gate[:, 3])
 
 
 TransformerBlockRegistry.register(

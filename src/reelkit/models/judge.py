@@ -132,7 +132,7 @@ class WorldJudge(ModelMixin, ConfigMixin):
 
 def load_judge(path: str | None = None) -> WorldJudge:
     """The judge at ``path``, or the bundled one; eval mode, fp32."""
-    from reelkit.models.loading import load_model
+    from reelkit.loading import load_model
 
     return load_model(WorldJudge, path, "judge").eval()
 

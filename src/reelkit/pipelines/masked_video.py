@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 
 from reelkit.errors import ReelkitError, ShapeError
@@ -50,20 +50,23 @@ class MaskedVideoPipelineOutput(BaseOutput):
 
 
 class MaskedVideoPipeline(DiffusionPipeline):
-    """MarDini sampling: planner (low resolution, once) + generator (full resolution, every step)."""
+    """MarDini sampling: planner (low resolution, once) + generator (full resolution, every step).
 
-    model_cpu_offload_seq = "planner->generator->vae"
+    The generator network is the ``transformer`` component (as in diffusers' pipelines), so it is never
+    confused with the ``generator`` argument, the random number generator."""
 
-    def __init__(self, planner, generator, vae, scheduler, planner_scale: int = 2):
+    model_cpu_offload_seq = "planner->transformer->vae"
+
+    def __init__(self, planner, transformer, vae, scheduler, planner_scale: int = 2):
         super().__init__()
-        self.register_modules(planner=planner, generator=generator, vae=vae, scheduler=scheduler)
+        self.register_modules(planner=planner, transformer=transformer, vae=vae, scheduler=scheduler)
         self.register_to_config(planner_scale=planner_scale)
 
     @property
     def spatial_multiple(self) -> int:
         """Heights and widths must be multiples of this (the VAE's 8 times the generator's patch, and the
         planner's latents must have whole sides)."""
-        return 8 * max(self.generator.config.patch_size, self.config.planner_scale)
+        return 8 * max(self.transformer.config.patch_size, self.config.planner_scale)
 
     def check_frames(self, known: torch.Tensor, indices: list[int], num_frames: int) -> torch.Tensor:
         """``known`` as ``(B, 3, K, H, W)``; one-line errors for wrong shapes, sizes and indices."""
@@ -94,7 +97,7 @@ class MaskedVideoPipeline(DiffusionPipeline):
         order = sorted(range(len(indices)), key=lambda i: indices[i])
         known = self.check_frames(known, list(indices), num_frames)[:, :, order]
         indices = sorted(indices)
-        known = known.to(self._execution_device, self.generator.dtype)
+        known = known.to(self._execution_device, self.transformer.dtype)
         reference = reference_mask(num_frames, indices, known.shape[0]).to(known.device)  # (B, T)
         scale = (planner_scale or self.config.planner_scale) if use_planner else None
         z_ref, z_low = self.encode_known(known, indices, num_frames, scale)
@@ -117,7 +120,7 @@ class MaskedVideoPipeline(DiffusionPipeline):
             clip[:, :, indices] = latents
             return clip
 
-        dtype = self.generator.dtype
+        dtype = self.transformer.dtype
         z_ref = place(encode_frames(self.vae, known).to(dtype))
         if planner_scale is None:
             return z_ref, None
@@ -130,21 +133,21 @@ class MaskedVideoPipeline(DiffusionPipeline):
         plan = None if z_low is None else self.planner(z_low, reference).plan  # (B, T, h', w', D)
         guided = plan is not None and guidance_scale != 1.0
         if guided:
-            plan = torch.cat([plan, self.generator.unconditional_plan(*plan.shape[:4])])
+            plan = torch.cat([plan, self.transformer.unconditional_plan(*plan.shape[:4])])
         generate = ~reference[:, None, :, None, None]
         noise = torch.randn(z_ref.shape, generator=generator, dtype=torch.float32).to(z_ref.device, z_ref.dtype)
         latents = torch.where(generate, noise, z_ref)
         self.scheduler.set_timesteps(num_inference_steps, device=z_ref.device)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for t in self.scheduler.timesteps:
-                timestep = self.generator.timesteps(t, reference)  # (B, T): known frames are clean
+                timestep = self.transformer.timesteps(t, reference)  # (B, T): known frames are clean
                 if guided:
-                    velocity = self.generator(torch.cat([latents] * 2), torch.cat([timestep] * 2), plan,
+                    velocity = self.transformer(torch.cat([latents] * 2), torch.cat([timestep] * 2), plan,
                                               torch.cat([reference] * 2)).sample
                     conditional, unconditional = velocity.chunk(2)
                     velocity = unconditional + guidance_scale * (conditional - unconditional)
                 else:
-                    velocity = self.generator(latents, timestep, plan, reference).sample
+                    velocity = self.transformer(latents, timestep, plan, reference).sample
                 latents = self.scheduler.step(velocity, t, latents).prev_sample
                 latents = torch.where(generate, latents, z_ref)
                 progress_bar.update()
@@ -245,13 +248,29 @@ def tiny_masked_pipeline(seed: int = 0) -> MaskedVideoPipeline:
     return pipe
 
 
-def save_masked_video_pipeline(planner, generator, destination: str | Path, planner_scale: int = 2) -> Path:
-    """Write a pipeline folder (planner, generator, scheduler; no VAE: loading adds the bundled image VAE)."""
-    from reelkit.train.common import save_pipeline_without_vae
+def save_masked_video_pipeline(planner, transformer, destination: str | Path, planner_scale: int = 2) -> Path:
+    """Write a pipeline folder (planner, transformer: the generator network, scheduler; no VAE: loading adds the
+    bundled image VAE)."""
+    from reelkit.loading import save_pipeline_without_vae
     from reelkit.vae.image_vae import load_image_vae
 
-    pipe = MaskedVideoPipeline(planner, generator, load_image_vae(), default_scheduler(), planner_scale)
+    pipe = MaskedVideoPipeline(planner, transformer, load_image_vae(), default_scheduler(), planner_scale)
     return save_pipeline_without_vae(pipe, destination)
+
+
+def _load_generator_layout(path: Path, dtype: torch.dtype, extra: dict) -> MaskedVideoPipeline:
+    """A folder saved when the generator network was the ``generator`` component, loaded part by part."""
+    import json
+
+    from reelkit.mardini import MarDiniGenerator, MarDiniPlanner
+    from reelkit.vae.image_vae import load_image_vae
+
+    index = json.loads((path / "model_index.json").read_text())
+    vae = extra.get("vae") or load_image_vae(path / "vae", dtype=dtype)
+    return MaskedVideoPipeline(MarDiniPlanner.from_pretrained(path / "planner", dtype=dtype),
+                               MarDiniGenerator.from_pretrained(path / "generator", dtype=dtype), vae,
+                               FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler"),
+                               index.get("planner_scale", 2))
 
 
 def load_masked_video(path: str | Path | None = None, vae=None, dtype: torch.dtype = torch.float32
@@ -259,7 +278,7 @@ def load_masked_video(path: str | Path | None = None, vae=None, dtype: torch.dty
     """Load a saved MarDini pipeline folder, or the bundled one (``None`` or ``"mardini"``); a folder without
     a ``vae`` gets ``vae`` or the bundled image VAE it names (``recorded_vae_name``)."""
     import reelkit.mardini  # noqa: F401  (diffusers loads only components of modules already imported)
-    from reelkit.models.loading import recorded_vae_name
+    from reelkit.loading import recorded_vae_name
     from reelkit.vae.image_vae import load_image_vae
 
     path = ASSETS_DIR / BUNDLED if path in (None, BUNDLED) else Path(path)
@@ -272,16 +291,19 @@ def load_masked_video(path: str | Path | None = None, vae=None, dtype: torch.dty
 
     diffusers_logging.disable_progress_bar()
     try:
-        pipe = MaskedVideoPipeline.from_pretrained(path, dtype=dtype, **extra)
+        if (path / "generator").is_dir() and not (path / "transformer").is_dir():  # saved before the rename
+            pipe = _load_generator_layout(path, dtype, extra)
+        else:
+            pipe = MaskedVideoPipeline.from_pretrained(path, dtype=dtype, **extra)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as error:
         raise ReelkitError(f"{path}: cannot load the pipeline ({' '.join(str(error).split())[:200]})") from None
     finally:
         diffusers_logging.enable_progress_bar()
-    if not hasattr(pipe, "planner") or not hasattr(pipe, "generator"):
-        raise ReelkitError(f"{path}: not a MarDini pipeline (no planner and generator)")
-    from reelkit.models.loading import check_finite_weights
+    if not hasattr(pipe, "planner") or not hasattr(pipe, "transformer"):
+        raise ReelkitError(f"{path}: not a MarDini pipeline (no planner and transformer)")
+    from reelkit.loading import check_finite_weights
 
-    for model in (pipe.planner, pipe.generator, pipe.vae):
+    for model in (pipe.planner, pipe.transformer, pipe.vae):
         check_finite_weights(model, path).eval()
     return pipe
 

@@ -283,13 +283,13 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
     ``None``) or ``"student"`` (the 4-step T2V-Turbo student, sampled with ``FlowMatchLCMScheduler``).
 
     A folder without a ``vae`` subfolder (the bundled ones) gets ``vae`` or the bundled CV-VAE it names (see
-    :func:`~reelkit.models.loading.recorded_vae_name`); one without a
+    :func:`~reelkit.loading.recorded_vae_name`); one without a
     ``text_encoder`` (the bundled student: distillation leaves it frozen) gets the teacher's text encoder and
     tokenizer.
     """
     import reelkit.models.dit  # noqa: F401  (diffusers loads only components of modules already imported)
     import reelkit.models.text  # noqa: F401
-    from reelkit.models.loading import recorded_vae_name
+    from reelkit.loading import recorded_vae_name
     from reelkit.vae import load_cvvae
 
     path = ASSETS_DIR / (path or TEACHER) if path in (None, *BUNDLED) else Path(path)
@@ -314,7 +314,7 @@ def load_text_to_video(path: str | Path | None = None, vae=None, dtype: torch.dt
         raise ReelkitError(f"{path}: cannot load the pipeline ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(pipe.transformer, torch.nn.Module) or not hasattr(pipe.transformer, "cache_context"):
         raise ReelkitError(f"{path}: its transformer is not a VideoDiT-like model")
-    from reelkit.models.loading import check_finite_weights
+    from reelkit.loading import check_finite_weights
 
     for model in (pipe.transformer, pipe.text_encoder, pipe.vae):
         check_finite_weights(model, path).eval()

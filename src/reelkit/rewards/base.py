@@ -189,7 +189,7 @@ def load_reward(name_or_path: str | Path, adapter: str | None = None, **kwargs) 
     if class_name in DEMO_CLASSES:
         if adapter is not None:
             raise ReelkitError(f"{path}: is a {class_name}, adapter={adapter!r} does not apply")
-        from reelkit.models.loading import load_model
+        from reelkit.loading import load_model
 
         model = load_model(DEMO_CLASSES[class_name], path, "")
         for name, value in kwargs.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -11,13 +12,16 @@ import yaml
 
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
+from reelkit.loading import swap_in_folder
 
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer_state.json"
 
 
 def load_config(cls, path: str | Path, **overrides):
-    """Read a YAML file into dataclass ``cls``; unknown or missing keys are a one-line error."""
+    """Read a YAML file into dataclass ``cls``, then apply ``overrides`` (``None`` values skipped; a dotted key
+    such as ``"model.patch_size"`` sets a field of a nested options dict); unknown keys or values of the
+    wrong type are a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise ReelkitError(f"{path}: no such config file")
@@ -27,7 +31,9 @@ def load_config(cls, path: str | Path, **overrides):
         raise ReelkitError(f"{path}: not valid YAML ({' '.join(str(error).split())[:160]})") from None
     if not isinstance(values, dict):
         raise ReelkitError(f"{path}: a config is a mapping of keys to values")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is not None:
+            _set_dotted(values, key, value, path)
     if not values:
         raise ReelkitError(f"{path}: the config is empty; it needs at least the keys that differ from the defaults")
     import typing
@@ -43,6 +49,55 @@ def load_config(cls, path: str | Path, **overrides):
         return cls(**values)
     except TypeError as error:
         raise ReelkitError(f"{path}: {error}") from None
+
+
+def _set_dotted(values: dict, key: str, value, path: Path) -> None:
+    """``values[a][b] = value`` for the key ``"a.b"`` (a field of a nested options dict such as ``model``)."""
+    *parents, leaf = key.split(".")
+    target = values
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ReelkitError(f"{path}: cannot set {key}: {part} is not a mapping of options")
+    target[leaf] = value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["learning_rate=1e-3", "model.patch_size=4"]`` to ``{"learning_rate": 0.001, "model.patch_size": 4}``
+    (values read as YAML, so numbers, booleans, ``null`` and lists work; ``1e-3`` reads as a number).
+
+    >>> parse_overrides(["learning_rate=1e-3", "model.patch_size=4", "vae=null", "output_dir=runs/a"])
+    {'learning_rate': 0.001, 'model.patch_size': 4, 'vae': None, 'output_dir': 'runs/a'}
+    """
+    parsed = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key or not all(part.isidentifier() for part in key.split(".")):
+            raise ReelkitError(f"override '{pair}' is not key=value (e.g. learning_rate=1e-3 or model.patch_size=4)")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            raise ReelkitError(f"override '{pair}': the value is not valid YAML") from None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        parsed[key] = value
+    return parsed
+
+
+def build(factory, section: str, options: dict, **defaults):
+    """``factory(**defaults, **options)`` for a config's nested options (``model``, ``text_encoder``, ...); an
+    option the factory does not take is a one-line error naming it and the known ones."""
+    import inspect
+
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            known = ", ".join(name for name in parameters if name not in ("self", *defaults))
+            raise ReelkitError(f"{section}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                               f"for {getattr(factory, '__name__', factory)}; known: {known}")
+    return factory(**{**defaults, **options})
 
 
 RANGES = {  # fields every recipe shares: (lowest, highest) allowed; None: unbounded
@@ -182,32 +237,6 @@ def architecture_differences(fresh, loaded, ignore: tuple[str, ...] = ("scaling_
     return ", ".join(f"{k} {loaded.config.get(k)!r} (config: {fresh.config[k]!r})" for k in differ[:3])
 
 
-def _swap_in(staging: Path, destination: Path) -> Path:
-    """Replace ``destination`` by the finished ``staging`` folder (package data: readable by everyone)."""
-    for file in staging.rglob("*"):
-        file.chmod(0o755 if file.is_dir() else 0o644)
-    retired = destination.with_name(f".{destination.name}.old")
-    if destination.exists():
-        destination.rename(retired)
-    staging.rename(destination)
-    shutil.rmtree(retired, ignore_errors=True)
-    return destination
-
-
-def save_pipeline_without_vae(pipe, destination: str | Path) -> Path:
-    """Save a pipeline folder atomically. When its VAE was loaded from a bundled checkpoint, the folder records
-    that checkpoint's name (``_reelkit_vae`` in ``model_index.json``) instead of a copy of its weights, and the
-    loaders add it back; any other VAE is saved in the folder."""
-    destination = Path(destination)
-    staging = destination.with_name(f".{destination.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging)
-    name = getattr(pipe.vae, "bundled_name", None)
-    if name is not None:
-        shutil.rmtree(staging / "vae")
-        index_path = staging / "model_index.json"
-        index_path.write_text(json.dumps({**json.loads(index_path.read_text()), "_reelkit_vae": name}, indent=2))
-    return _swap_in(staging, destination)
 
 
 def export_fp16(model_cls, source: str | Path, destination: str | Path) -> Path:
@@ -222,7 +251,7 @@ def export_fp16(model_cls, source: str | Path, destination: str | Path) -> Path:
     staging = destination.with_name(f".{destination.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
-    return _swap_in(staging, destination)
+    return swap_in_folder(staging, destination)
 
 
 def export_pipeline_fp16(source: str | Path, destination: str | Path) -> Path:
@@ -248,7 +277,7 @@ def export_pipeline_fp16(source: str | Path, destination: str | Path) -> Path:
             cls.from_pretrained(source / name, dtype=torch.float16).save_pretrained(staging / name)
         else:
             shutil.copytree(source / name, staging / name)
-    return _swap_in(staging, destination)
+    return swap_in_folder(staging, destination)
 
 
 MIXED_PRECISION = ("no", "bf16")

@@ -30,7 +30,8 @@ In Python, the pieces (a tiny random teacher here)::
 
 >>> import torch
 >>> from reelkit.pipelines.text_to_video import tiny_pipeline
->>> from reelkit.train.distill import DistillConfig, build_student, consistency_estimate
+>>> from reelkit.objectives.consistency import consistency_estimate
+>>> from reelkit.train.distill import DistillConfig, build_student
 >>> teacher = tiny_pipeline().transformer
 >>> student, trainable = build_student(teacher, DistillConfig(lora_rank=4))   # LoRA + guidance embedding
 >>> x_t, sigma, text = torch.randn(2, 8, 2, 4, 4), torch.tensor([0.9, 0.3]), torch.randn(2, 24, 16)
@@ -50,6 +51,8 @@ from pathlib import Path
 import torch
 
 from reelkit.errors import ReelkitError
+from reelkit.loading import save_pipeline_without_vae
+from reelkit.objectives.consistency import consistency_estimate, pseudo_huber, solver_grid, teacher_solver_step
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
@@ -59,7 +62,6 @@ from reelkit.train.common import (
     endless,
     load_checkpoint,
     load_config,
-    save_pipeline_without_vae,
     start_loss_log,
     start_run,
 )
@@ -149,38 +151,6 @@ class ProcessRoles:
     def __str__(self) -> str:
         return ", ".join(term for term, on in (("CD", self.cd), ("image reward", self.image),
                                                ("video reward", self.video)) if on)
-
-
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
-    """``mean(sqrt((a - b)^2 + c^2) - c)`` (Song & Dhariwal 2023; T2V-Turbo's distance)."""
-    return (torch.sqrt((a.float() - b.float()) ** 2 + c**2) - c).mean()
-
-
-def solver_grid(scheduler_config, num_levels: int) -> torch.Tensor:
-    """The teacher's ``num_levels`` noise levels, from pure noise down, then 0: ``(num_levels + 1,)``."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(num_levels)
-    return scheduler.sigmas.float()
-
-
-def consistency_estimate(model, x_t: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor,
-                         guidance: torch.Tensor) -> torch.Tensor:
-    """The student's single-step clean estimate ``f(x_t) = x_t - sigma v(x_t, sigma, text, w)``."""
-    velocity = model(x_t, sigma * 1000, text, guidance=guidance).sample
-    return x_t - sigma.view(-1, 1, 1, 1, 1) * velocity.float()
-
-
-@torch.no_grad()
-def teacher_solver_step(teacher, x_t: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                        text: torch.Tensor, uncond: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-    """One Euler (flow-matching DDIM) step of the teacher's ODE with classifier-free guidance ``w`` per sample."""
-    both = teacher(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]) * 1000, torch.cat([text, uncond])).sample.float()
-    cond, uncond_v = both.chunk(2)
-    w = guidance.view(-1, 1, 1, 1, 1)
-    velocity = uncond_v + w * (cond - uncond_v)
-    return x_t + (sigma_next - sigma).view(-1, 1, 1, 1, 1) * velocity
 
 
 def build_student(teacher, config: DistillConfig):
@@ -350,5 +320,4 @@ def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(DistillConfig, config_path, **overrides))
 
 
-__all__ = ["DistillConfig", "build_student", "consistency_estimate", "export_student", "pseudo_huber", "run",
-           "solver_grid", "teacher_solver_step", "train"]
+__all__ = ["DistillConfig", "build_student", "export_student", "run", "train"]

@@ -22,6 +22,7 @@ from reelkit.train.common import (
     StepClock,
     apply_gradients,
     autocast,
+    build,
     check_mixed_precision,
     checkpoint_when_due,
     load_checkpoint,
@@ -96,7 +97,7 @@ def train(config: JudgeTrainConfig) -> Path:
     from reelkit.models.judge import WorldJudge
 
     accelerator, output_dir = start_run(config)
-    judge = WorldJudge(**config.model, num_frames=config.num_frames, size=config.size)
+    judge = build(WorldJudge, "model", config.model, num_frames=config.num_frames, size=config.size)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=config.learning_rate, weight_decay=0.05)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     stream = WorldStream(config.num_frames, config.size, seed=config.seed, rank=accelerator.process_index)

@@ -33,10 +33,12 @@ import torch
 
 from reelkit.errors import ReelkitError
 from reelkit.mardini.masking import sample_reference_mask
+from reelkit.objectives.masked import masked_mse
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
     autocast,
+    build,
     check_mixed_precision,
     checkpoint_when_due,
     endless,
@@ -147,12 +149,6 @@ class MarDini(torch.nn.Module):
         return masked_mse(velocity, noise - high, generate)
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the masked frames only."""
-    weight = mask.expand_as(target).float()
-    return ((prediction.float() - target.float()).pow(2) * weight).sum() / weight.sum().clamp(min=1)
-
-
 def sub_clips(batch: dict, frames: int, stride: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random window of ``frames`` frames at ``stride`` from every clip: (high, low)."""
     total = batch["high"].shape[2]
@@ -175,9 +171,9 @@ def build_models(config: MarDiniTrainConfig):
     """(planner, generator) freshly initialised from the config."""
     from reelkit.mardini import MarDiniGenerator, MarDiniPlanner
 
-    planner = MarDiniPlanner(**config.planner)
+    planner = build(MarDiniPlanner, "planner", config.planner)
     plan_dim = planner.config.num_attention_heads * planner.config.attention_head_dim
-    generator = MarDiniGenerator(**{"plan_dim": plan_dim, "sample_size": config.size // 8, **config.generator})
+    generator = build(MarDiniGenerator, "generator", config.generator, plan_dim=plan_dim, sample_size=config.size // 8)
     return planner, generator
 
 
@@ -263,4 +259,4 @@ def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(MarDiniTrainConfig, config_path, **overrides))
 
 
-__all__ = ["MarDini", "MarDiniTrainConfig", "Stage", "masked_mse", "run", "stage_lr", "sub_clips", "train"]
+__all__ = ["MarDini", "MarDiniTrainConfig", "Stage", "run", "stage_lr", "sub_clips", "train"]

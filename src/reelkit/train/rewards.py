@@ -243,13 +243,13 @@ def export_reward(model, destination: str | Path) -> Path:
     import copy
     import shutil
 
-    from reelkit.train.common import _swap_in
+    from reelkit.loading import swap_in_folder
 
     destination = Path(destination)
     staging = destination.with_name(f".{destination.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     copy.deepcopy(model).half().save_pretrained(staging, safe_serialization=True)
-    return _swap_in(staging, destination)
+    return swap_in_folder(staging, destination)
 
 
 def run(config_path: str | Path, **overrides) -> Path:

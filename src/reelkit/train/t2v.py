@@ -27,20 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from reelkit.errors import ReelkitError
+from reelkit.loading import save_pipeline_without_vae
+from reelkit.objectives.flow_matching import flow_matching_loss
 from reelkit.train.common import (
     StepClock,
     apply_gradients,
     architecture_differences,
     autocast,
+    build,
     check_mixed_precision,
     checkpoint_when_due,
     endless,
     load_checkpoint,
     load_config,
-    save_pipeline_without_vae,
     start_loss_log,
     start_run,
 )
@@ -101,24 +102,6 @@ class Denoiser(torch.nn.Module):
         return self.transformer(noisy, timestep, text).sample
 
 
-def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator: torch.Generator,
-                       logit_mean: float = 0.0, logit_std: float = 1.0, weight: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-    """Rectified-flow velocity loss with logit-normal noise levels (SD3, section 3.1); ``weight`` (broadcast to
-    the latents, e.g. ``(B, 1, T, h, w)``) weighs the squared error per latent pixel (normalised by its mean)."""
-    sigma = torch.sigmoid(logit_mean + logit_std * torch.randn(len(latents), generator=generator))
-    sigma = sigma.to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    s = sigma.view(-1, 1, 1, 1, 1)
-    noisy = (1 - s) * latents + s * noise
-    prediction = denoiser(noisy, sigma * 1000, tokens["input_ids"], tokens["attention_mask"])
-    if weight is None:
-        return F.mse_loss(prediction.float(), (noise - latents).float())
-    error = (prediction.float() - (noise - latents).float()).pow(2)
-    weight = weight.to(error).expand_as(error)
-    return (error * weight).mean() / weight.mean()
-
-
 def plot_losses(csv_path: Path, png_path: Path) -> None:
     """Redraw the loss curve (raw and smoothed) from ``loss.csv``."""
     import matplotlib
@@ -155,10 +138,9 @@ def build_components(config: T2VTrainConfig, spatial_compression: int = 8):
     from reelkit.models.text import WorldTextEncoder, build_tokenizer
 
     tokenizer = build_tokenizer()
-    text_options = {"vocab_size": len(tokenizer), **config.text_encoder}
-    text_encoder = WorldTextEncoder(**text_options)
-    transformer = VideoDiT(**{"text_dim": text_encoder.config.dim,
-                              "sample_size": config.size // spatial_compression, **config.model})
+    text_encoder = build(WorldTextEncoder, "text_encoder", config.text_encoder, vocab_size=len(tokenizer))
+    transformer = build(VideoDiT, "model", config.model, text_dim=text_encoder.config.dim,
+                        sample_size=config.size // spatial_compression)
     if config.init_from is not None:
         transformer, text_encoder = _warm_start(config.init_from, transformer, text_encoder)
     return transformer, text_encoder, tokenizer
@@ -302,4 +284,4 @@ def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(T2VTrainConfig, config_path, **overrides))
 
 
-__all__ = ["Denoiser", "T2VTrainConfig", "flow_matching_loss", "run", "train"]
+__all__ = ["Denoiser", "T2VTrainConfig", "run", "train"]

@@ -45,6 +45,6 @@ def build_image_vae(**overrides) -> AutoencoderKL:
 
 def load_image_vae(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     """Load an ``AutoencoderKL`` folder (diffusers layout); ``None`` loads the bundled one."""
-    from reelkit.models.loading import load_model
+    from reelkit.loading import load_model
 
     return load_model(AutoencoderKL, path, "image_vae", dtype).eval()

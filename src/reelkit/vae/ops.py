@@ -26,7 +26,7 @@ from reelkit.vae.losses import psi
 
 def load_cvvae(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> CVVAE:
     """Load a CVVAE folder (diffusers layout); ``None`` loads the bundled checkpoint."""
-    from reelkit.models.loading import load_model
+    from reelkit.loading import load_model
 
     return load_model(CVVAE, path, "cvvae", dtype).eval()
 
@@ -38,7 +38,7 @@ def load_any_vae(path: str | Path):
     from diffusers import AutoencoderKL
 
     from reelkit.errors import ReelkitError
-    from reelkit.models.loading import load_model, resolve_model_path
+    from reelkit.loading import load_model, resolve_model_path
 
     folder = resolve_model_path(path, "cvvae")
     try:

@@ -23,12 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from reelkit.errors import ReelkitError
-from reelkit.eval.bench.harness import Timing, count_flops, machine_info, measure_latency, peak_memory_bytes
 from reelkit.files import atomic_path, finite_or_null
+
+if TYPE_CHECKING:
+    import torch
+
+    from reelkit.eval.bench.harness import Timing
 
 SUITES: dict[str, str] = {
     "world": "reelkit.eval.bench.world",
@@ -43,6 +46,12 @@ SUITES: dict[str, str] = {
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
 
 
+def _torch():
+    import torch  # not at import time: the CLI reads SUITES for its help and should start fast
+
+    return torch
+
+
 @dataclass
 class BenchContext:
     """What a suite gets: the run's settings and the shared measuring tools.
@@ -51,7 +60,7 @@ class BenchContext:
     """
 
     quick: bool = False
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=lambda: _torch().device("cpu"))
     warmup: int = 1
     repeats: int = 3
     settings: dict = field(default_factory=dict)
@@ -65,12 +74,18 @@ class BenchContext:
         return self.report_path.with_name(f"{self.report_path.stem}_{name}")
 
     def time(self, fn: Callable[[], object], on_repeat: Callable[[], None] | None = None) -> Timing:
+        from reelkit.eval.bench.harness import measure_latency
+
         return measure_latency(fn, self.warmup, self.repeats, self.device, on_repeat)
 
     def peak_memory(self, fn: Callable[[], object], *modules: torch.nn.Module) -> int:
+        from reelkit.memory import peak_memory_bytes
+
         return peak_memory_bytes(fn, *modules, device=self.device)
 
     def flops(self, fn: Callable[[], object]) -> int:
+        from reelkit.eval.bench.harness import count_flops
+
         return count_flops(fn)
 
 
@@ -86,6 +101,10 @@ def run_suite(name: str, quick: bool = False, device: str | torch.device = "cpu"
     """Run one suite and return its report (see the module docstring for the layout); suites that draw
     figures save them next to ``report_path``."""
     suite = load_suite(name)
+    import torch
+
+    from reelkit.eval.bench.harness import machine_info
+
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ReelkitError("--device cuda asked for, but torch sees no CUDA device here")

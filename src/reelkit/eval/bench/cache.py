@@ -39,7 +39,7 @@ import torch
 from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
 from reelkit.eval.bench import BenchContext
 from reelkit.eval.bench.harness import heldout_prompts, load_generator_and_judge
-from reelkit.eval.metrics import video_psnr, video_ssim
+from reelkit.metrics import video_psnr, video_ssim
 
 NUM_PROMPTS = {False: 12, True: 2}
 CALIBRATION_PROMPTS = {False: 4, True: 1}

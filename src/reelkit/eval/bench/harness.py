@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from reelkit.memory import peak_memory_bytes  # noqa: F401  (the harness's API; core, so accel measures with it)
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -59,46 +61,6 @@ def measure_latency(fn: Callable[[], object], warmup: int = 1, repeats: int = 3,
         if on_repeat is not None:
             on_repeat()
     return Timing(statistics.median(times), tuple(times))
-
-
-def peak_memory_bytes(fn: Callable[[], object], *modules: torch.nn.Module,
-                      device: torch.device | str | None = None) -> int:
-    """Peak bytes held while ``fn()`` runs: its allocations plus the weights of ``modules``."""
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
-    tracker = _peak_tracker()
-    if modules:
-        tracker.track_external(*modules)
-    with tracker:
-        fn()
-    snapshot = tracker.get_tracker_snapshot("peak")
-    return int(sum(stats["Total"] for stats in snapshot.values()))
-
-
-def _peak_tracker():
-    """torch's MemTracker counting the global peak only. Its per-module statistics cost a deep copy of
-    the snapshot at every module call and refuse a top-level module called twice (chunked decoding,
-    per-frame loops); the global peak needs neither, so the module hooks do nothing here."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    class PeakTracker(MemTracker):
-        def _pre_fw_hook(self, module, inputs):
-            pass
-
-        def _post_fw_hook(self, module, inputs, outputs):
-            pass
-
-        def _pre_bw_hook(self, module, args):
-            pass
-
-        def _post_bw_hook(self, module, args):
-            pass
-
-    return PeakTracker()
 
 
 def load_generator_and_judge(pipeline=None, judge=None):

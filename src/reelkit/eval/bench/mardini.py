@@ -70,7 +70,7 @@ def _load():
 
 def _middle_frame_figures(made: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     """PSNR / SSIM on the middle frame and PSNR over every in-between frame, ``(B, C, T, H, W)`` each."""
-    from reelkit.eval.metrics import video_psnr, video_ssim
+    from reelkit.metrics import video_psnr, video_ssim
 
     middle = truth.shape[2] // 2
     return {"psnr_db": video_psnr(made[:, :, middle:middle + 1], truth[:, :, middle:middle + 1]),
@@ -216,7 +216,7 @@ def _efficiency_rows(ctx: BenchContext, pipe) -> list[dict]:
                                         torch.Generator().manual_seed(0))
 
             latency = ctx.time(plan_and_denoise).median_s
-            peak = ctx.peak_memory(plan_and_denoise, pipe.planner, pipe.generator)
+            peak = ctx.peak_memory(plan_and_denoise, pipe.planner, pipe.transformer)
             pair[method] = row = {"task": "efficiency", "method": method, "size": size,
                                   "planner_size": size // scale, "frames": I2V_FRAMES, "steps": STEPS,
                                   "planner_tokens": int(z_low[0, 0].numel()), "latency_s": latency,

@@ -39,7 +39,7 @@ from reelkit.data.world import render_clip
 from reelkit.eval.bench import BenchContext
 from reelkit.eval.bench.harness import measure_latency
 from reelkit.eval.ceiling import ceiling_figures, roundtrip_reading
-from reelkit.eval.metrics import video_psnr, video_ssim
+from reelkit.metrics import video_psnr, video_ssim
 from reelkit.paths import ASSETS_DIR, shared_data_clips
 from reelkit.vae import (
     compat_decode,

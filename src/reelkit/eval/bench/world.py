@@ -18,7 +18,7 @@ from reelkit.data.datasets import heldout_seeds
 from reelkit.data.video_io import probe_video, read_video, write_video
 from reelkit.data.world import render_clip
 from reelkit.eval.bench import BenchContext
-from reelkit.eval.metrics import video_psnr, video_ssim
+from reelkit.metrics import video_psnr, video_ssim
 from reelkit.paths import shared_data_clips
 
 

@@ -1,7 +1,7 @@
 """Reference-based video quality (torchmetrics), on ``(C, T, H, W)`` or ``(B, C, T, H, W)`` in ``[-1, 1]``.
 
 >>> import torch
->>> from reelkit.eval.metrics import video_psnr
+>>> from reelkit.metrics import video_psnr
 >>> a = torch.zeros(3, 5, 16, 16)
 >>> round(video_psnr(a, a + 0.02), 2)  # an error of 1% of the [-1, 1] range
 40.0

@@ -1,8 +1,10 @@
-"""Load a diffusers-layout model folder, with one-line errors for the wrong kind of checkpoint."""
+"""Load and save diffusers-layout model and pipeline folders (core): one-line errors for the wrong kind of
+checkpoint, bundled names, and atomic folder swaps."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -80,4 +82,33 @@ def check_finite_weights(model: torch.nn.Module, path: str | Path):
     return model
 
 
-__all__ = ["bundled_name", "check_finite_weights", "load_model", "recorded_vae_name", "resolve_model_path"]
+def swap_in_folder(staging: Path, destination: Path) -> Path:
+    """Replace ``destination`` by the finished ``staging`` folder (package data: readable by everyone)."""
+    for file in staging.rglob("*"):
+        file.chmod(0o755 if file.is_dir() else 0o644)
+    retired = destination.with_name(f".{destination.name}.old")
+    if destination.exists():
+        destination.rename(retired)
+    staging.rename(destination)
+    shutil.rmtree(retired, ignore_errors=True)
+    return destination
+
+
+def save_pipeline_without_vae(pipe, destination: str | Path) -> Path:
+    """Save a pipeline folder atomically. When its VAE was loaded from a bundled checkpoint, the folder records
+    that checkpoint's name (``_reelkit_vae`` in ``model_index.json``) instead of a copy of its weights, and the
+    loaders add it back; any other VAE is saved in the folder."""
+    destination = Path(destination)
+    staging = destination.with_name(f".{destination.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging)
+    name = getattr(pipe.vae, "bundled_name", None)
+    if name is not None:
+        shutil.rmtree(staging / "vae")
+        index_path = staging / "model_index.json"
+        index_path.write_text(json.dumps({**json.loads(index_path.read_text()), "_reelkit_vae": name}, indent=2))
+    return swap_in_folder(staging, destination)
+
+
+__all__ = ["bundled_name", "check_finite_weights", "load_model", "recorded_vae_name", "resolve_model_path",
+           "save_pipeline_without_vae", "swap_in_folder"]

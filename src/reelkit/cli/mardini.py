@@ -1,4 +1,4 @@
-"""``reelkit interpolate | animate | extend``: MarDini's tasks on the command line (registered on ``reelkit.cli.app``).
+"""``reelkit interpolate | animate | extend``: MarDini's tasks on the command line (registered on the root app).
 
 Cheap checks come first (output suffix, frame counts, image sizes), then the model loads, so a mistake
 costs nothing and overwrites nothing.
@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from reelkit.cli import IMAGE_SUFFIXES, _check_output, app, check_number, check_seed, console, progress_bars
+from reelkit.cli.app import app
+from reelkit.cli.common import IMAGE_SUFFIXES, check_number, check_output, check_seed, console, progress_bars
 from reelkit.errors import ReelkitError, ShapeError
 
 OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or .webm.")]
@@ -45,11 +46,11 @@ def _check_common(output: Path, steps: int, guidance: float, size: int | None, s
     from reelkit.conventions import check_size
     from reelkit.data.video_io import WRITERS
 
-    _check_output(output, WRITERS, *inputs)
+    check_output(output, WRITERS, *inputs)
     if not output.parent.is_dir():
         raise ReelkitError(f"{output.parent}: no such folder for the output")
     if sheet is not None:
-        _check_output(sheet, (".png",), output, *inputs)
+        check_output(sheet, (".png",), output, *inputs)
     if steps < 1:
         raise ReelkitError(f"--steps must be at least 1, got {steps}")
     check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")

@@ -1,0 +1,189 @@
+"""``reelkit generate``: text to video with any accelerator, one prompt or a batch."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reelkit.cli.app import app
+from reelkit.cli.common import check_number, check_output, check_seed, console, load_generator, progress_bars
+from reelkit.errors import ReelkitError
+
+FEW_STEPS = 4  # a consistency student's default step count (T2V-Turbo)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="What to show, in the model's vocabulary.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or .webm.")] = Path("video.mp4"),
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Batch mode: a file with one prompt per line."
+                                                 )] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Batch mode: folder for one mp4 per prompt; "
+                                                 "existing ones are skipped.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: 4 for a distilled student, 50 for "
+                                              "the teacher).")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off; a distilled student "
+                                            "takes it as an input).")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Noise seed (batch mode: seed + line index).")] = 0,
+    frames: Annotated[int, typer.Option(help="Frame count, 1+4k.")] = 17,
+    size: Annotated[int, typer.Option(help="Height and width, a multiple of 16.")] = 64,
+    model: Annotated[str | None, typer.Option(help="'student' (default: the 4-step T2V-Turbo student; the "
+                                              "teacher with --cache/--rehash), 'teacher' (50 steps with "
+                                              "guidance) or a pipeline folder.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Steer away from this (default: empty).")] = None,
+    fps: Annotated[float, typer.Option(help="Frame rate of the written files.")] = 8.0,
+    sheet: Annotated[Path | None, typer.Option(help="Also save a contact-sheet PNG here (single prompt).")] = None,
+    cache: Annotated[str | None, typer.Option(help="Training-free caching: adacache, adacache-fast or "
+                                              "adacache-slow.")] = None,
+    moreg: Annotated[bool, typer.Option("--moreg", help="AdaCache: motion regularisation.")] = False,
+    codebook: Annotated[Path | None, typer.Option(help="AdaCache: a codebook from 'reelkit calibrate adacache' "
+                                                  "(implies --cache adacache).")] = None,
+    rehash: Annotated[int | None, typer.Option(help="Step Rehash: run the full model on K key steps only and "
+                                               "reuse its deep features on the others.")] = None,
+    rehash_schedule: Annotated[Path | None, typer.Option(help="Step Rehash: key steps from 'reelkit calibrate "
+                                                         "rehash' (default: the teacher's bundled profile).")] = None,
+    slice_: Annotated[str | None, typer.Option("--slice", help="Feature Slicing (exact, lower peak memory): N "
+                                               "chunks, a budget such as 2GiB, or auto (fit the free memory).")
+                      ] = None,
+) -> None:
+    """Generate a video from a prompt (or one per line of --prompts) with the text-to-video model."""
+
+    from reelkit.conventions import is_valid_frame_count
+    from reelkit.data.video_io import WRITERS, contact_sheet, write_video
+    from reelkit.generation import GenerationSettings, generate_batch, generate_video, process_shard, read_prompts
+
+    batch = prompts is not None or out_dir is not None
+    if batch and (prompts is None or out_dir is None or prompt is not None):
+        raise ReelkitError("batch mode takes --prompts FILE and --out-dir DIR, and no PROMPT")
+    if not batch and prompt is None:
+        raise ReelkitError("give a PROMPT (or --prompts FILE --out-dir DIR)")
+    if not is_valid_frame_count(frames):
+        raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
+    if steps is not None and steps < 1:
+        raise ReelkitError(f"--steps must be at least 1, got {steps}")
+    check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
+    check_number("--fps", fps, 0.1, 1000.0)
+    check_seed(seed)
+    from reelkit.conventions import check_size, check_video_fits
+
+    check_video_fits(frames, check_size(size), size)
+    if batch:
+        prompt_list = read_prompts(prompts)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ReelkitError(f"{out_dir}: exists and is not a folder")
+        if sheet is not None:
+            raise ReelkitError("--sheet saves one prompt's contact sheet; batch mode (--prompts) takes no --sheet")
+    else:
+        inputs = (Path(model) if model else None, codebook, rehash_schedule)
+        check_output(output, WRITERS, *inputs)
+        if not output.parent.is_dir():
+            raise ReelkitError(f"{output.parent}: no such folder for the output")
+        if sheet is not None:
+            check_output(sheet, (".png",), output, *inputs)
+    cache_config = _cache_config(cache, moreg, codebook)
+    from reelkit.accel.slicing import slicing_config_from_option
+
+    slicing_config = slicing_config_from_option(slice_)
+    # the caches pay off over many steps: without --model they run on the teacher
+    pipe = load_generator(model, default="teacher" if cache_config or rehash or rehash_schedule else "student")
+    steps = steps or (FEW_STEPS if pipe.consistency_sampling else 50)
+    settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
+    from reelkit.accel.step_rehash import config_from_options
+
+    rehash_config = config_from_options(rehash, rehash_schedule, steps, bundled=model in (None, "teacher"))
+    if rehash_config is not None and cache_config is not None:
+        raise ReelkitError("--rehash and --cache are two caches; choose one")
+    if slicing_config is not None:
+        from reelkit.accel.slicing import apply_feature_slicing
+
+        apply_feature_slicing(pipe.transformer, slicing_config)
+        apply_feature_slicing(pipe.vae, slicing_config)
+    if rehash_config is not None:
+        from reelkit.accel.step_rehash import apply_step_rehash
+
+        apply_step_rehash(pipe.transformer, rehash_config)
+    if cache_config is not None:
+        from reelkit.accel.adacache import apply_ada_cache
+
+        apply_ada_cache(pipe.transformer, cache_config)
+    if batch:
+        rank, world_size = process_shard()
+        mine = len(range(rank, len(prompt_list), world_size))
+        totals = [0, 0]
+
+        def on_clip(path):
+            advance()
+            if cache_config is not None:
+                totals[0], totals[1] = totals[0] + _cache_steps(pipe)[0], totals[1] + _cache_steps(pipe)[1]
+
+        with progress_bars() as task:
+            advance = task(f"process {rank}/{world_size}: clips", mine)
+            written = generate_batch(pipe, prompt_list, out_dir, settings, rank, world_size, on_clip=on_clip)
+        console.print(f"process {rank}/{world_size}: wrote {len(written)} clip(s) to {out_dir}, "
+                      f"skipped {mine - len(written)} already there")
+        if cache_config is not None and written:
+            console.print(f"adacache: {totals[0]} denoiser calls computed, {totals[1]} reused over "
+                          f"{len(written)} clip(s)")
+        if rehash_config is not None and written:
+            from reelkit.accel.step_rehash import format_stats as rehash_stats_line
+            from reelkit.accel.step_rehash import step_rehash_stats
+
+            console.print(rehash_stats_line(step_rehash_stats(pipe.transformer)), highlight=False)
+        return
+    (prompt,), settings.negative_prompt = pipe.check_inputs(prompt, negative_prompt, frames, size, size, steps,
+                                                            guidance, "pt")
+    started = time.perf_counter()
+    with progress_bars() as task:
+        video = generate_video(pipe, prompt, settings, on_step=task("denoising", steps))
+    elapsed = time.perf_counter() - started
+    write_video(video, output, fps=fps)
+    if sheet is not None:
+        contact_sheet(video, sheet)
+    console.print(f"wrote {output} ({frames} frames, {size}x{size}, {steps} steps, guidance {guidance:g}, "
+                  f"seed {seed}) in {elapsed:.1f} s")
+    if cache_config is not None:
+        from reelkit.accel.adacache import ada_cache_stats, format_stats
+
+        console.print(f"adacache: {format_stats(ada_cache_stats(pipe.transformer))}")
+    if rehash_config is not None:
+        from reelkit.accel.step_rehash import format_stats as rehash_stats_line
+        from reelkit.accel.step_rehash import step_rehash_stats
+
+        console.print(rehash_stats_line(step_rehash_stats(pipe.transformer)), highlight=False)
+    if slicing_config is not None:
+        from reelkit.accel.slicing import feature_slicing_chunks
+
+        chunks = feature_slicing_chunks(pipe.transformer)
+        console.print(f"feature slicing: {chunks[0]} frame chunks, {chunks[1]} spatial chunks", highlight=False)
+
+
+def _cache_config(cache: str | None, moreg: bool, codebook: Path | None):
+    """The AdaCache configuration the generate options ask for, or None for no cache."""
+    from reelkit.accel.adacache import AdaCacheConfig, Codebook
+
+    names = {"adacache": "fast", "adacache-fast": "fast", "adacache-slow": "slow"}
+    if cache is None and codebook is None:
+        if moreg:
+            raise ReelkitError("--moreg needs --cache adacache (or --codebook)")
+        return None
+    if cache is not None and cache not in names:
+        raise ReelkitError(f"unknown --cache {cache!r}; choose one of {', '.join(names)}")
+    if codebook is None:
+        return AdaCacheConfig(codebook=names[cache], moreg=moreg)
+    if cache not in (None, "adacache"):
+        raise ReelkitError(f"--codebook replaces the {cache} preset; use --cache adacache or leave --cache out")
+    book = Codebook.load(codebook)
+    centre = json.loads(codebook.read_text()).get("moreg_centre")
+    return AdaCacheConfig(codebook=book, moreg=moreg, **({"moreg_centre": centre} if centre else {}))
+
+
+def _cache_steps(pipe) -> tuple[int, int]:
+    """Computed and reused denoiser calls of the last generation, over all cache contexts."""
+    from reelkit.accel.adacache import ada_cache_stats
+
+    stats = ada_cache_stats(pipe.transformer).values()
+    return sum(sum(s.computed) for s in stats), sum(sum(s.reused) for s in stats)

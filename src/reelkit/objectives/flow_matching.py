@@ -1,0 +1,31 @@
+"""Rectified flow (flow matching) with logit-normal noise levels: the teacher's objective (SD3, Esser et al. 2024).
+
+``x_t = (1 - s) x_0 + s eps``; the model predicts the velocity ``eps - x_0``, which diffusers'
+``FlowMatchEulerDiscreteScheduler`` integrates at sampling time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator: torch.Generator,
+                       logit_mean: float = 0.0, logit_std: float = 1.0, weight: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """Rectified-flow velocity loss with logit-normal noise levels (SD3, section 3.1); ``weight`` (broadcast to
+    the latents, e.g. ``(B, 1, T, h, w)``) weighs the squared error per latent pixel (normalised by its mean)."""
+    sigma = torch.sigmoid(logit_mean + logit_std * torch.randn(len(latents), generator=generator))
+    sigma = sigma.to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    noisy = (1 - s) * latents + s * noise
+    prediction = denoiser(noisy, sigma * 1000, tokens["input_ids"], tokens["attention_mask"])
+    if weight is None:
+        return F.mse_loss(prediction.float(), (noise - latents).float())
+    error = (prediction.float() - (noise - latents).float()).pow(2)
+    weight = weight.to(error).expand_as(error)
+    return (error * weight).mean() / weight.mean()
+
+
+__all__ = ["flow_matching_loss"]
