@@ -18,17 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from reelkit.train.common import (
-    StepClock,
-    apply_gradients,
-    autocast,
-    build,
-    check_mixed_precision,
-    checkpoint_when_due,
-    load_checkpoint,
-    load_config,
-    start_run,
-)
+from reelkit.train.common import apply_gradients, autocast, build, check_mixed_precision, load_config
+from reelkit.train.recipe import Recipe
 
 
 @dataclass
@@ -88,50 +79,55 @@ def judge_loss(output, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     return sum(losses.values()), accuracy
 
 
+class JudgeRecipe(Recipe):
+    """The judge: freshly rendered clips, degraded like decoded generations, per-object cross-entropy."""
+
+    figures = ("loss", "shape", "color", "motion")
+
+    def _setup_data(self) -> None:
+        from torch.utils.data import DataLoader
+
+        from reelkit.data.datasets import WorldStream
+
+        config = self.config
+        stream = WorldStream(config.num_frames, config.size, seed=config.seed, rank=self.accelerator.process_index)
+        self.batches = iter(DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers))
+
+    def _setup_models(self) -> None:
+        from reelkit.models.judge import WorldJudge
+
+        config = self.config
+        self.judge = build(WorldJudge, "model", config.model, num_frames=config.num_frames, size=config.size)
+
+    def _setup_optimizer(self) -> None:
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        config = self.config
+        self.optimizer = torch.optim.AdamW(self.judge.parameters(), lr=config.learning_rate, weight_decay=0.05)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.max_steps)
+
+    def _prepare(self) -> None:
+        self.judge, self.optimizer = self.accelerator.prepare(self.judge, self.optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def train_step(self) -> dict[str, float]:
+        accelerator = self.accelerator
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in next(self.batches).items()}
+        video = degrade(batch["video"], self.generator, self.config.degrade_probability)
+        with autocast(self.config.mixed_precision, accelerator.device):
+            output = self.judge(video)
+        loss, accuracy = judge_loss(output, batch)
+        apply_gradients(accelerator, loss, self.judge.parameters(), self.optimizer, self.scheduler)
+        return {"loss": loss.item(), **accuracy}
+
+    def export(self, destination: Path) -> None:
+        self.accelerator.unwrap_model(self.judge).save_pretrained(destination)
+        self.accelerator.print(f"wrote {destination}")
+
+
 def train(config: JudgeTrainConfig) -> Path:
     """Run the recipe; return ``output_dir/model``."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from torch.utils.data import DataLoader
-
-    from reelkit.data.datasets import WorldStream
-    from reelkit.models.judge import WorldJudge
-
-    accelerator, output_dir = start_run(config)
-    judge = build(WorldJudge, "model", config.model, num_frames=config.num_frames, size=config.size)
-    optimizer = torch.optim.AdamW(judge.parameters(), lr=config.learning_rate, weight_decay=0.05)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    stream = WorldStream(config.num_frames, config.size, seed=config.seed, rank=accelerator.process_index)
-    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers)
-    judge, optimizer = accelerator.prepare(judge, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    step = load_checkpoint(accelerator, output_dir, config)
-    if step:
-        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
-    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    clock = StepClock(config.time_limit_minutes)
-    batches = iter(loader)
-    while step < config.max_steps:
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
-        video = degrade(batch["video"], generator, config.degrade_probability)
-        with autocast(config.mixed_precision, accelerator.device):
-            output = judge(video)
-        loss, accuracy = judge_loss(output, batch)
-        apply_gradients(accelerator, loss, judge.parameters(), optimizer, scheduler)
-        step += 1
-        clock.step()
-        if step % config.log_every == 0:
-            figures = " ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
-            accelerator.print(f"step {step} loss {loss.item():.4f} acc {figures} "
-                              f"{clock.seconds_per_step():.2f} s/step", flush=True)
-        if checkpoint_when_due(accelerator, config, output_dir, step, clock)[1]:
-            break
-    model_dir = output_dir / "model"
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(judge).save_pretrained(model_dir)
-        accelerator.print(f"wrote {model_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return model_dir
+    return JudgeRecipe(config).run()
 
 
 def run(config_path: str | Path, **overrides) -> Path:

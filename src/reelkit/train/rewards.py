@@ -27,16 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
 from reelkit.errors import ReelkitError
-from reelkit.train.common import (
-    StepClock,
-    apply_gradients,
-    autocast,
-    check_mixed_precision,
-    checkpoint_when_due,
-    load_checkpoint,
-    load_config,
-    start_run,
-)
+from reelkit.train.common import apply_gradients, autocast, check_mixed_precision, load_config
+from reelkit.train.recipe import Recipe
 
 REWARDS = ("image", "video")
 
@@ -169,53 +161,62 @@ class RewardPair(torch.nn.Module):
         return sum(losses), figures
 
 
-def train(config: RewardsTrainConfig) -> Path:
-    """Run the recipe; return ``output_dir`` (holding ``image`` and/or ``video`` reward folders)."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from torch.utils.data import DataLoader
+class RewardsRecipe(Recipe):
+    """The demo rewards: rendered clips with hard-negative captions, symmetric InfoNCE."""
 
-    from reelkit.rewards.base import sample_frame_indices
+    log_csv = False
 
-    accelerator, output_dir = start_run(config)
-    models = RewardPair(config)
-    optimizer = torch.optim.AdamW(models.parameters(), lr=config.learning_rate, weight_decay=0.05)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    stream = RewardStream(config.num_frames, config.size, config.hard_negatives, config.seed,
-                          rank=accelerator.process_index)
-    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
-                        collate_fn=_collate)
-    models, optimizer = accelerator.prepare(models, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    step = load_checkpoint(accelerator, output_dir, config)
-    if step:
-        accelerator.print(f"resumed from {output_dir / 'checkpoint'} at step {step}")
-    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    clock = StepClock(config.time_limit_minutes)
-    batches = iter(loader)
-    inner = accelerator.unwrap_model(models)
-    while step < config.max_steps:
-        batch = next(batches)
+    def _setup_data(self) -> None:
+        from torch.utils.data import DataLoader
+
+        config = self.config
+        stream = RewardStream(config.num_frames, config.size, config.hard_negatives, config.seed,
+                              rank=self.accelerator.process_index)
+        self.batches = iter(DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
+                                       collate_fn=_collate))
+
+    def _setup_models(self) -> None:
+        self.models = RewardPair(self.config)
+        self.figures = ("loss", *(f"{prefix}_{k}" for prefix in ("img", "vid")
+                                  if {"img": "image", "vid": "video"}[prefix] in self.models.rewards
+                                  for k in ("top1", "hard")))
+
+    def _setup_optimizer(self) -> None:
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        config = self.config
+        self.optimizer = torch.optim.AdamW(self.models.parameters(), lr=config.learning_rate, weight_decay=0.05)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.max_steps)
+
+    def _prepare(self) -> None:
+        self.models, self.optimizer = self.accelerator.prepare(self.models, self.optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def train_step(self) -> dict[str, float]:
+        from reelkit.rewards.base import sample_frame_indices
+
+        config, accelerator = self.config, self.accelerator
+        batch = next(self.batches)
         batch["video"] = batch["video"].to(accelerator.device)
         frame_index = sample_frame_indices(batch["video"].shape[2], config.frames_per_clip, config.batch_size,
-                                           generator)
+                                           self.generator)
         with autocast(config.mixed_precision, accelerator.device):
-            loss, figures = models(batch, frame_index)
-        apply_gradients(accelerator, loss, models.parameters(), optimizer, scheduler)
-        step += 1
-        clock.step()
-        if step % config.log_every == 0:
-            text = " ".join(f"{k} {v:.3f}" for k, v in figures.items())
-            accelerator.print(f"step {step} loss {loss.item():.4f} {text} {clock.seconds_per_step():.2f} s/step",
-                              flush=True)
-        if checkpoint_when_due(accelerator, config, output_dir, step, clock)[1]:
-            break
-    if accelerator.is_main_process:
-        for name, model in inner.rewards.items():
-            export_reward(model, output_dir / name)
-            accelerator.print(f"wrote {output_dir / name}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return output_dir
+            loss, figures = self.models(batch, frame_index)
+        apply_gradients(accelerator, loss, self.models.parameters(), self.optimizer, self.scheduler)
+        return {"loss": loss.item(), **figures}
+
+    def destination(self) -> Path:
+        return self.output_dir  # one folder per reward inside it
+
+    def export(self, destination: Path) -> None:
+        for name, model in self.accelerator.unwrap_model(self.models).rewards.items():
+            export_reward(model, destination / name)
+            self.accelerator.print(f"wrote {destination / name}")
+
+
+def train(config: RewardsTrainConfig) -> Path:
+    """Run the recipe; return ``output_dir`` (holding ``image`` and/or ``video`` reward folders)."""
+    return RewardsRecipe(config).run()
 
 
 def _image_loss(model, frames: torch.Tensor, captions: list[str], negatives: list[list[str]]):

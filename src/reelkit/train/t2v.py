@@ -32,19 +32,15 @@ from reelkit.errors import ReelkitError
 from reelkit.loading import save_pipeline_without_vae
 from reelkit.objectives.flow_matching import flow_matching_loss
 from reelkit.train.common import (
-    StepClock,
     apply_gradients,
     architecture_differences,
     autocast,
     build,
     check_mixed_precision,
-    checkpoint_when_due,
     endless,
-    load_checkpoint,
     load_config,
-    start_loss_log,
-    start_run,
 )
+from reelkit.train.recipe import Recipe
 
 
 @dataclass
@@ -159,105 +155,108 @@ def _warm_start(path: str, transformer, text_encoder):
     return pipe.transformer.float().train(), pipe.text_encoder.float().train()
 
 
-def train(config: T2VTrainConfig) -> Path:
-    """Run the recipe; return the pipeline folder ``output_dir/model``."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
-    from torch.utils.data import DataLoader
+class T2VRecipe(Recipe):
+    """The teacher: a latent cache built once, the denoiser (transformer + text encoder) with EMA, flow matching."""
 
-    from reelkit.models.text import tokenize_prompts
-    from reelkit.pipelines.text_to_video import TextToVideoPipeline, default_scheduler
-    from reelkit.train.latent_cache import LatentCache, add_coverage, build_latent_cache
-    from reelkit.vae import load_cvvae
+    def _setup_data(self) -> None:
+        from torch.utils.data import DataLoader
 
-    accelerator, output_dir = start_run(config)
-    vae = load_cvvae(config.vae)
-    if accelerator.is_main_process:
-        build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=vae,
-                           progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
-        if config.object_weight > 0:
-            add_coverage(config.latent_cache)
-    accelerator.wait_for_everyone()
-    dataset = LatentCache(config.latent_cache)
-    scaling_factor = vae.config.scaling_factor
+        from reelkit.train.latent_cache import LatentCache, add_coverage, build_latent_cache
+        from reelkit.vae import load_cvvae
 
-    transformer, text_encoder, tokenizer = build_components(config, vae.spatial_compression)
-    if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    denoiser = Denoiser(transformer, text_encoder)
-    ema = EMAModel(denoiser.parameters(), decay=config.ema_decay)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
-                                  weight_decay=0.01)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(config.seed))
-    denoiser, optimizer, loader = accelerator.prepare(denoiser, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(ema)
-    step = load_checkpoint(accelerator, output_dir, config)
-    accelerator.print(f"training the teacher on {len(dataset)} cached clips, {accelerator.num_processes} "
-                      f"process(es), batch {config.batch_size} per process")
-    ema.to(accelerator.device)
-    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    csv_path = start_loss_log(accelerator, output_dir, "step,loss,lr,seconds_per_step", step)
-    monitor = None
-    if config.eval_every and accelerator.is_main_process:
-        from reelkit.models.judge import load_judge
-        from reelkit.train.monitor import AdherenceMonitor
+        config, accelerator = self.config, self.accelerator
+        self.vae = load_cvvae(config.vae)
+        if accelerator.is_main_process:
+            build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=self.vae,
+                               progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
+            if config.object_weight > 0:
+                add_coverage(config.latent_cache)
+        accelerator.wait_for_everyone()
+        self.dataset = LatentCache(config.latent_cache)
+        self.loader = DataLoader(self.dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                 num_workers=0, generator=torch.Generator().manual_seed(config.seed))
 
-        monitor = AdherenceMonitor(output_dir, load_judge().to(accelerator.device), config.eval_prompts,
-                                   config.num_frames, config.size, config.eval_steps, config.eval_guidance,
-                                   resume_step=step)
+    def _setup_models(self) -> None:
+        from diffusers.training_utils import EMAModel
 
-    clock = StepClock(config.time_limit_minutes)
-    window_loss = 0.0
-    stream = endless(loader)
-    while step < config.max_steps:
-        batch = next(stream)
+        transformer, text_encoder, self.tokenizer = build_components(self.config, self.vae.spatial_compression)
+        if self.config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.denoiser = Denoiser(transformer, text_encoder)
+        self.ema = EMAModel(self.denoiser.parameters(), decay=self.config.ema_decay)
+
+    def _setup_optimizer(self) -> None:
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        config = self.config
+        self.optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+                                           weight_decay=0.01)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.max_steps)
+
+    def _prepare(self) -> None:
+        accelerator = self.accelerator
+        self.denoiser, self.optimizer, self.loader = accelerator.prepare(self.denoiser, self.optimizer, self.loader)
+        accelerator.register_for_checkpointing(self.scheduler)
+        accelerator.register_for_checkpointing(self.ema)
+
+    def _setup_logs(self) -> None:
+        super()._setup_logs()
+        accelerator, config = self.accelerator, self.config
+        accelerator.print(f"training the teacher on {len(self.dataset)} cached clips, {accelerator.num_processes} "
+                          f"process(es), batch {config.batch_size} per process")
+        self.ema.to(accelerator.device)
+        self.stream = endless(self.loader)
+        self.monitor = None
+        if config.eval_every and accelerator.is_main_process:
+            from reelkit.models.judge import load_judge
+            from reelkit.train.monitor import AdherenceMonitor
+
+            self.monitor = AdherenceMonitor(self.output_dir, load_judge().to(accelerator.device), config.eval_prompts,
+                                            config.num_frames, config.size, config.eval_steps, config.eval_guidance,
+                                            resume_step=self.step)
+
+    def train_step(self) -> dict[str, float]:
+        from reelkit.models.text import tokenize_prompts
+
+        config, accelerator, generator = self.config, self.accelerator, self.generator
+        batch = next(self.stream)
         captions = [c if torch.rand((), generator=generator) >= config.caption_dropout else ""
                     for c in batch["caption"]]
-        tokens = {k: v.to(accelerator.device) for k, v in tokenize_prompts(captions, tokenizer).items()}
-        latents = batch["latent"].to(accelerator.device) * scaling_factor
+        tokens = {k: v.to(accelerator.device) for k, v in tokenize_prompts(captions, self.tokenizer).items()}
+        latents = batch["latent"].to(accelerator.device) * self.vae.config.scaling_factor
         weight = None
         if config.object_weight > 0:  # (B, 1, 1+k, h, w): the objects weigh more than the background
             weight = 1 + config.object_weight * batch["coverage"][:, None].to(accelerator.device)
         with autocast(config.mixed_precision, accelerator.device):
-            loss = flow_matching_loss(denoiser, latents, tokens, generator, config.logit_mean, config.logit_std,
+            loss = flow_matching_loss(self.denoiser, latents, tokens, generator, config.logit_mean, config.logit_std,
                                       weight)
-        apply_gradients(accelerator, loss, denoiser.parameters(), optimizer, scheduler, config.grad_clip)
-        ema.step(accelerator.unwrap_model(denoiser).parameters())
-        step += 1
-        clock.step()
-        window_loss += loss.item()
-        if step % config.log_every == 0 or step == config.max_steps:
-            mean_loss = window_loss / clock.window
-            lr = scheduler.get_last_lr()[0]
-            seconds = clock.seconds_per_step()
-            accelerator.print(f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {seconds:.2f} s/step", flush=True)
-            if accelerator.is_main_process:
-                with csv_path.open("a") as handle:
-                    handle.write(f"{step},{mean_loss:.6f},{lr:.3e},{seconds:.3f}\n")
-            window_loss = 0.0
-        if monitor is not None and (step % config.eval_every == 0 or step == config.max_steps):
-            _evaluate(monitor, accelerator.unwrap_model(denoiser), ema, vae, tokenizer, output_dir, step,
-                      accelerator.print)
-        saved, stop = checkpoint_when_due(accelerator, config, output_dir, step, clock)
-        if saved and accelerator.is_main_process:
-            plot_losses(csv_path, output_dir / "loss.png")
-        if stop:
-            break
+        apply_gradients(accelerator, loss, self.denoiser.parameters(), self.optimizer, self.scheduler,
+                        config.grad_clip)
+        self.ema.step(accelerator.unwrap_model(self.denoiser).parameters())
+        return {"loss": loss.item()}
 
-    model_dir = output_dir / "model"
-    if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(denoiser)
-        ema.copy_to(trained.parameters())
-        pipe = TextToVideoPipeline(trained.transformer.eval(), vae, trained.text_encoder.eval(), tokenizer,
+    def after_step(self) -> None:
+        if self.monitor is not None and (self.step % self.config.eval_every == 0 or self.step == self.config.max_steps):
+            _evaluate(self.monitor, self.accelerator.unwrap_model(self.denoiser), self.ema, self.vae, self.tokenizer,
+                      self.output_dir, self.step, self.accelerator.print)
+
+    def on_checkpoint(self) -> None:
+        plot_losses(self.csv_path, self.output_dir / "loss.png")
+
+    def export(self, destination: Path) -> None:
+        from reelkit.pipelines.text_to_video import TextToVideoPipeline, default_scheduler
+
+        trained = self.accelerator.unwrap_model(self.denoiser)
+        self.ema.copy_to(trained.parameters())
+        pipe = TextToVideoPipeline(trained.transformer.eval(), self.vae, trained.text_encoder.eval(), self.tokenizer,
                                    default_scheduler())
-        save_pipeline_without_vae(pipe, model_dir)
-        accelerator.print(f"wrote {model_dir} (EMA weights; loss curve {output_dir / 'loss.png'})")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return model_dir
+        save_pipeline_without_vae(pipe, destination)
+        self.accelerator.print(f"wrote {destination} (EMA weights; loss curve {self.output_dir / 'loss.png'})")
+
+
+def train(config: T2VTrainConfig) -> Path:
+    """Run the recipe; return the pipeline folder ``output_dir/model``."""
+    return T2VRecipe(config).run()
 
 
 def _evaluate(monitor, denoiser, ema, vae, tokenizer, output_dir: Path, step: int, say) -> None:
@@ -284,4 +283,4 @@ def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(T2VTrainConfig, config_path, **overrides))
 
 
-__all__ = ["Denoiser", "T2VTrainConfig", "run", "train"]
+__all__ = ["Denoiser", "T2VRecipe", "T2VTrainConfig", "run", "train"]
