@@ -103,16 +103,17 @@ class Recipe:
         self.setup()
         accelerator, config = self.accelerator, self.config
         clock = StepClock(config.time_limit_minutes)
-        window = dict.fromkeys(self.figures, 0.0)
+        window: dict[str, list[float]] = {name: [] for name in self.figures}
         while self.step < config.max_steps:
             figures = self.train_step()
             self.step += 1
             clock.step()
             for name in self.figures:
-                window[name] += float(figures[name])
+                if figures.get(name) is not None:  # a figure some steps lack (a GAN's) is averaged where present
+                    window[name].append(float(figures[name]))
             if self.step % config.log_every == 0 or self.step == config.max_steps:
-                self._log({name: total / max(clock.window, 1) for name, total in window.items()}, clock)
-                window = dict.fromkeys(self.figures, 0.0)
+                self._log({name: sum(v) / len(v) if v else None for name, v in window.items()}, clock)
+                window = {name: [] for name in self.figures}
             self.after_step()
             saved, stop = checkpoint_when_due(accelerator, config, self.output_dir, self.step, clock)
             if saved and accelerator.is_main_process:
@@ -126,15 +127,15 @@ class Recipe:
         accelerator.end_training()
         return destination
 
-    def _log(self, means: dict[str, float], clock: StepClock) -> None:
+    def _log(self, means: dict[str, float | None], clock: StepClock) -> None:
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float("nan")
         seconds = clock.seconds_per_step()
-        shown = " ".join(f"{name} {value:.4f}" for name, value in means.items())
+        shown = " ".join(f"{name} {value:.4f}" for name, value in means.items() if value is not None)
         self.accelerator.print(f"step {self.step} {shown} lr {lr:.2e} {seconds:.2f} s/step", flush=True)
         if self.log_csv and self.accelerator.is_main_process:
+            cells = ("" if value is None else f"{value:.6f}" for value in means.values())
             with self.csv_path.open("a") as handle:
-                handle.write(",".join((str(self.step), *(f"{v:.6f}" for v in means.values()), f"{lr:.3e}",
-                                       f"{seconds:.3f}")) + "\n")
+                handle.write(",".join((str(self.step), *cells, f"{lr:.3e}", f"{seconds:.3f}")) + "\n")
 
 
 __all__ = ["Recipe"]

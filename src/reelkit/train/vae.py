@@ -31,17 +31,13 @@ from reelkit.conventions import batch_to_frames, frames_to_batch
 from reelkit.errors import ReelkitError
 from reelkit.objectives.reconstruction import object_weights, weighted_reconstruction
 from reelkit.train.common import (
-    StepClock,
     apply_gradients,
     architecture_differences,
     autocast,
     check_mixed_precision,
-    checkpoint_when_due,
-    load_checkpoint,
     load_config,
-    start_loss_log,
-    start_run,
 )
+from reelkit.train.recipe import Recipe
 
 STAGES = ("image_vae", "cvvae")
 LOGGED = ("l1", "kl", "reg", "gan", "disc")  # loss.csv columns (empty where a step has no such term)
@@ -138,58 +134,73 @@ def latent_scaling_factor(vae, batch: torch.Tensor) -> float:
     return float(1.0 / vae.encode(batch).latent_dist.sample().std())
 
 
-def train(config: VaeTrainConfig) -> Path:
-    """Run the recipe; return the folder of the trained model (``output_dir/model``)."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from torch.utils.data import DataLoader
+class VaeRecipe(Recipe):
+    """The image VAE or the CV-VAE: rendered frames or clips (and photo crops), reconstruction + KL, for the
+    CV-VAE the decoder regularisation through the frozen image VAE, optionally a 3D PatchGAN."""
 
-    from reelkit.data.datasets import VaeTrainStream
-    from reelkit.vae.losses import (
-        PatchDiscriminator3D,
-        adaptive_gan_weight,
-        decoder_regularisation,
-        hinge_discriminator_loss,
-        kl_loss,
-        psi,
-    )
+    figures = (*LOGGED, "psnr")
 
-    accelerator, output_dir = start_run(config)
+    def _setup_data(self) -> None:
+        from torch.utils.data import DataLoader
 
-    vae, image_vae = build_models(config)
-    autoencoder = Autoencode(vae)
-    is_video = config.stage == "cvvae"
-    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=config.learning_rate, betas=(0.9, 0.98),
-                                  weight_decay=0.01)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    use_gan = config.disc_weight > 0
-    discriminator = PatchDiscriminator3D() if use_gan else None
-    weighted = config.object_weight > 0
-    stream = VaeTrainStream(config.num_frames, config.size, config.photo_fraction, config.seed,
-                            accelerator.process_index, with_coverage=weighted)
-    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=0)
-    if use_gan:
-        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
-        autoencoder, discriminator, optimizer, disc_optimizer = accelerator.prepare(
-            autoencoder, discriminator, optimizer, disc_optimizer)
-    else:
-        autoencoder, optimizer = accelerator.prepare(autoencoder, optimizer)
-    # stepped once per optimiser step (a prepared scheduler steps once per process)
-    accelerator.register_for_checkpointing(scheduler)
-    if image_vae is not None:
-        image_vae.to(accelerator.device)
-    step = load_checkpoint(accelerator, output_dir, config)
-    accelerator.print(f"training {config.stage} on {accelerator.num_processes} process(es), "
-                      f"{accelerator.device}, batch {config.batch_size} per process")
-    csv_path = start_loss_log(accelerator, output_dir, "step," + ",".join(LOGGED) + ",psnr,lr,seconds_per_step",
-                              step)
-    model = accelerator.unwrap_model(autoencoder).vae
-    last_layer = model.decoder.conv_out.weight
-    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
+        from reelkit.data.datasets import VaeTrainStream
 
-    clock = StepClock(config.time_limit_minutes)
-    batches = iter(loader)
-    while step < config.max_steps:
-        batch = next(batches)
+        config = self.config
+        stream = VaeTrainStream(config.num_frames, config.size, config.photo_fraction, config.seed,
+                                self.accelerator.process_index, with_coverage=config.object_weight > 0)
+        self.batches = iter(DataLoader(stream, batch_size=config.batch_size, num_workers=0))
+
+    def _setup_models(self) -> None:
+        from reelkit.vae.losses import PatchDiscriminator3D
+
+        vae, self.image_vae = build_models(self.config)
+        self.autoencoder = Autoencode(vae)
+        self.discriminator = PatchDiscriminator3D() if self.config.disc_weight > 0 else None
+
+    def _setup_optimizer(self) -> None:
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        config = self.config
+        self.optimizer = torch.optim.AdamW(self.autoencoder.parameters(), lr=config.learning_rate, betas=(0.9, 0.98),
+                                           weight_decay=0.01)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.max_steps)
+        self.disc_optimizer = None
+        if self.discriminator is not None:
+            self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.learning_rate,
+                                                    betas=(0.5, 0.9))
+
+    def _prepare(self) -> None:
+        accelerator = self.accelerator
+        if self.discriminator is not None:
+            self.autoencoder, self.discriminator, self.optimizer, self.disc_optimizer = accelerator.prepare(
+                self.autoencoder, self.discriminator, self.optimizer, self.disc_optimizer)
+        else:
+            self.autoencoder, self.optimizer = accelerator.prepare(self.autoencoder, self.optimizer)
+        # stepped once per optimiser step (a prepared scheduler steps once per process)
+        accelerator.register_for_checkpointing(self.scheduler)
+        if self.image_vae is not None:
+            self.image_vae.to(accelerator.device)
+
+    def _setup_logs(self) -> None:
+        super()._setup_logs()
+        accelerator, config = self.accelerator, self.config
+        accelerator.print(f"training {config.stage} on {accelerator.num_processes} process(es), "
+                          f"{accelerator.device}, batch {config.batch_size} per process")
+        self.model = accelerator.unwrap_model(self.autoencoder).vae
+
+    def train_step(self) -> dict[str, float]:
+        from reelkit.vae.losses import (
+            adaptive_gan_weight,
+            decoder_regularisation,
+            hinge_discriminator_loss,
+            kl_loss,
+            psi,
+        )
+
+        config, accelerator, step = self.config, self.accelerator, self.step
+        is_video, weighted = config.stage == "cvvae", config.object_weight > 0
+        use_gan = self.discriminator is not None
+        batch = next(self.batches)
         video, coverage = batch if weighted else (batch, None)
         video = video.to(accelerator.device)  # (B, C, T, H, W)
         x = video if is_video else frames_to_batch(video)
@@ -198,57 +209,52 @@ def train(config: VaeTrainConfig) -> Path:
             weight = object_weights(coverage.to(accelerator.device), config.object_weight)
             weight = weight if is_video else frames_to_batch(weight)
         with autocast(config.mixed_precision, accelerator.device):
-            reconstruction, z, mean, logvar = autoencoder(x)
+            reconstruction, z, mean, logvar = self.autoencoder(x)
         reconstruction, z, mean, logvar = reconstruction.float(), z.float(), mean.float(), logvar.float()
         nll, l1 = weighted_reconstruction(reconstruction, x, weight, config.mse_weight)
         losses = {"l1": l1, "kl": kl_loss(mean, logvar)}
         loss = nll + config.kl_weight * losses["kl"]
         gan_step = use_gan and step >= config.disc_start and step % 2 == 1
         if is_video and config.reg_weight > 0 and not gan_step:
-            target = psi(video, config.mapping, generator)
+            target = psi(video, config.mapping, self.generator)
             with autocast(config.mixed_precision, accelerator.device):
-                losses["reg"] = decoder_regularisation(lambda latents: image_vae.decode(latents).sample.float(),
+                losses["reg"] = decoder_regularisation(lambda latents: self.image_vae.decode(latents).sample.float(),
                                                        z, target)
             loss = loss + config.reg_weight * losses["reg"]
         if use_gan and step >= config.disc_start and not gan_step:
             fake = reconstruction if is_video else batch_to_frames(reconstruction, video.shape[0])
-            generator_loss = -discriminator(fake).mean()
-            weight = adaptive_gan_weight(nll, generator_loss, last_layer)
+            generator_loss = -self.discriminator(fake).mean()
+            gan_weight = adaptive_gan_weight(nll, generator_loss, self.model.decoder.conv_out.weight)
             losses["gan"] = generator_loss
-            loss = loss + config.disc_weight * weight * generator_loss
+            loss = loss + config.disc_weight * gan_weight * generator_loss
         if gan_step:
             fake = (reconstruction if is_video else batch_to_frames(reconstruction, video.shape[0])).detach()
-            disc_loss = hinge_discriminator_loss(discriminator(video), discriminator(fake))
-            losses["disc"] = disc_loss
-            apply_gradients(accelerator, disc_loss, discriminator.parameters(), disc_optimizer, None, config.grad_clip)
+            losses["disc"] = hinge_discriminator_loss(self.discriminator(video), self.discriminator(fake))
+            apply_gradients(accelerator, losses["disc"], self.discriminator.parameters(), self.disc_optimizer, None,
+                            config.grad_clip)
         else:
-            apply_gradients(accelerator, loss, autoencoder.parameters(), optimizer, scheduler, config.grad_clip)
-        step += 1
-        clock.step()
-        if step % config.log_every == 0 or step == config.max_steps:
-            psnr = -10 * math.log10(max(F.mse_loss(reconstruction.detach(), x).item() / 4, 1e-10))
-            figures = " ".join(f"{k} {v.item():.4f}" for k, v in losses.items())
-            lr, seconds = scheduler.get_last_lr()[0], clock.seconds_per_step()
-            accelerator.print(f"step {step} {figures} psnr {psnr:.2f} lr {lr:.2e} {seconds:.2f} s/step", flush=True)
-            if accelerator.is_main_process:
-                cells = [f"{losses[k].item():.6f}" if k in losses else "" for k in LOGGED]
-                with csv_path.open("a") as handle:
-                    handle.write(f"{step},{','.join(cells)},{psnr:.3f},{lr:.3e},{seconds:.3f}\n")
-        if checkpoint_when_due(accelerator, config, output_dir, step, clock)[1]:
-            break
+            apply_gradients(accelerator, loss, self.autoencoder.parameters(), self.optimizer, self.scheduler,
+                            config.grad_clip)
+        psnr = -10 * math.log10(max(F.mse_loss(reconstruction.detach(), x).item() / 4, 1e-10))
+        return {**{k: v.item() for k, v in losses.items()}, "psnr": psnr}
 
-    model_dir = output_dir / "model"
-    if accelerator.is_main_process:
-        model.eval()
-        if not is_video:  # the CV-VAE keeps its image VAE's factor: the latent spaces are meant to agree
+    def export(self, destination: Path) -> None:
+        from torch.utils.data import DataLoader
+
+        from reelkit.data.datasets import VaeTrainStream
+
+        config, model = self.config, self.model.eval()
+        if config.stage != "cvvae":  # the CV-VAE keeps its image VAE's factor: the latent spaces are meant to agree
             sample = next(iter(DataLoader(VaeTrainStream(config.num_frames, config.size, config.photo_fraction,
                                                          seed=10_000), batch_size=8)))
-            model.register_to_config(scaling_factor=latent_scaling_factor(model, sample.to(accelerator.device)))
-        model.save_pretrained(model_dir)
-        accelerator.print(f"wrote {model_dir} (scaling_factor {model.config.scaling_factor:.4f})")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return model_dir
+            model.register_to_config(scaling_factor=latent_scaling_factor(model, sample.to(self.accelerator.device)))
+        model.save_pretrained(destination)
+        self.accelerator.print(f"wrote {destination} (scaling_factor {model.config.scaling_factor:.4f})")
+
+
+def train(config: VaeTrainConfig) -> Path:
+    """Run the recipe; return the folder of the trained model (``output_dir/model``)."""
+    return VaeRecipe(config).run()
 
 
 def run(config_path: str | Path, **overrides) -> Path:
