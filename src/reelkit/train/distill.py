@@ -54,17 +54,13 @@ from reelkit.errors import ReelkitError
 from reelkit.loading import save_pipeline_without_vae
 from reelkit.objectives.consistency import consistency_estimate, pseudo_huber, solver_grid, teacher_solver_step
 from reelkit.train.common import (
-    StepClock,
     apply_gradients,
     autocast,
     check_mixed_precision,
-    checkpoint_when_due,
     endless,
-    load_checkpoint,
     load_config,
-    start_loss_log,
-    start_run,
 )
+from reelkit.train.recipe import Recipe
 
 LOSSES = ("huber", "l2")
 TARGETS = ("online", "ema")
@@ -189,86 +185,108 @@ def export_student(student, teacher_pipe, destination: Path) -> Path:
     return save_pipeline_without_vae(pipe, destination)
 
 
-def train(config: DistillConfig) -> Path:
-    """Run the recipe; return the student pipeline folder ``output_dir/model``."""
-    from diffusers.training_utils import EMAModel
-    from torch.utils.data import DataLoader
+class DistillRecipe(Recipe):
+    """T2V-Turbo: a LoRA student distilled from the frozen teacher by consistency distillation, with the demo
+    image-text and video-text rewards (each process computes the terms its :class:`ProcessRoles` give it)."""
 
-    from reelkit.models.text import encode_prompts
-    from reelkit.pipelines.text_to_video import load_text_to_video
-    from reelkit.rewards import load_reward
-    from reelkit.train.latent_cache import LatentCache, build_latent_cache
+    figures = ("loss_cd", "reward_image", "reward_video")
+    log_lr = False
 
-    accelerator, output_dir = start_run(config)
-    roles = ProcessRoles(config, accelerator.process_index, accelerator.num_processes)
-    teacher_pipe = load_text_to_video(config.teacher)
-    vae, text_encoder, tokenizer = teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer
-    for model in (teacher_pipe.transformer, vae, text_encoder):
-        model.requires_grad_(False)
-    if accelerator.is_main_process:
-        build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=vae,
-                           progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
-    accelerator.wait_for_everyone()
-    dataset = LatentCache(config.latent_cache)
-    scaling_factor = vae.config.scaling_factor
-    image_reward = load_reward(config.image_reward, num_sampled_frames=config.reward_frames) if roles.image else None
-    video_reward = load_reward(config.video_reward) if roles.video else None
-    teacher = teacher_pipe.transformer if roles.cd else None
+    def _setup_data(self) -> None:
+        from torch.utils.data import DataLoader
 
-    student, trainable = build_student(teacher_pipe.transformer, config)
-    student.train()
-    ema = EMAModel(trainable, decay=config.ema_decay) if config.target == "ema" else None
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(0.9, 0.999), weight_decay=0.0)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(config.seed))
-    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    step = load_checkpoint(accelerator, output_dir, config)
-    device = accelerator.device
-    if ema is not None:
-        ema.to(device)
-    for model in (teacher_pipe.transformer, vae, text_encoder):
-        model.to(device)
-    grid = solver_grid(teacher_pipe.scheduler.config, config.num_ddim_timesteps).to(device)  # (N + 1,)
-    with torch.no_grad():
-        uncond_text = encode_prompts([""], tokenizer, text_encoder)
-    accelerator.print(f"distilling a student from {config.teacher or 'the bundled teacher'} on {len(dataset)} "
-                      f"cached clips, {accelerator.num_processes} process(es); this one computes {roles}")
-    generator = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    csv_path = start_loss_log(accelerator, output_dir, "step,loss_cd,reward_image,reward_video,seconds_per_step",
-                              step)
+        from reelkit.pipelines.text_to_video import load_text_to_video
+        from reelkit.train.latent_cache import LatentCache, build_latent_cache
 
-    clock = StepClock(config.time_limit_minutes)
-    window = torch.zeros(3)
-    stream = endless(loader)
-    unwrapped = accelerator.unwrap_model(student)
-    while step < config.max_steps:
-        batch = next(stream)
+        config, accelerator = self.config, self.accelerator
+        self.roles = ProcessRoles(config, accelerator.process_index, accelerator.num_processes)
+        self.teacher_pipe = load_text_to_video(config.teacher)
+        self.vae, self.text_encoder, self.tokenizer = (self.teacher_pipe.vae, self.teacher_pipe.text_encoder,
+                                                       self.teacher_pipe.tokenizer)
+        for model in (self.teacher_pipe.transformer, self.vae, self.text_encoder):
+            model.requires_grad_(False)
+        if accelerator.is_main_process:
+            build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=self.vae,
+                               progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
+        accelerator.wait_for_everyone()
+        self.dataset = LatentCache(config.latent_cache)
+        self.loader = DataLoader(self.dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                 num_workers=0, generator=torch.Generator().manual_seed(config.seed))
+
+    def _setup_models(self) -> None:
+        from diffusers.training_utils import EMAModel
+
+        from reelkit.rewards import load_reward
+
+        config, roles = self.config, self.roles
+        self.image_reward = (load_reward(config.image_reward, num_sampled_frames=config.reward_frames)
+                             if roles.image else None)
+        self.video_reward = load_reward(config.video_reward) if roles.video else None
+        self.teacher = self.teacher_pipe.transformer if roles.cd else None
+        self.student, self.trainable = build_student(self.teacher_pipe.transformer, config)
+        self.student.train()
+        self.ema = EMAModel(self.trainable, decay=config.ema_decay) if config.target == "ema" else None
+
+    def _setup_optimizer(self) -> None:
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.config.learning_rate, betas=(0.9, 0.999),
+                                           weight_decay=0.0)
+
+    def _prepare(self) -> None:
+        accelerator = self.accelerator
+        self.student, self.optimizer, self.loader = accelerator.prepare(self.student, self.optimizer, self.loader)
+        if self.ema is not None:
+            accelerator.register_for_checkpointing(self.ema)
+
+    def _setup_logs(self) -> None:
+        from reelkit.models.text import encode_prompts
+
+        super()._setup_logs()
+        config, accelerator = self.config, self.accelerator
+        device = accelerator.device
+        if self.ema is not None:
+            self.ema.to(device)
+        for model in (self.teacher_pipe.transformer, self.vae, self.text_encoder):
+            model.to(device)
+        self.grid = solver_grid(self.teacher_pipe.scheduler.config, config.num_ddim_timesteps).to(device)  # (N + 1,)
+        with torch.no_grad():
+            self.uncond_text = encode_prompts([""], self.tokenizer, self.text_encoder)
+        accelerator.print(f"distilling a student from {config.teacher or 'the bundled teacher'} on "
+                          f"{len(self.dataset)} cached clips, {accelerator.num_processes} process(es); this one "
+                          f"computes {self.roles}")
+        self.stream = endless(self.loader)
+        self.unwrapped = accelerator.unwrap_model(self.student)
+
+    def train_step(self) -> dict[str, float]:
+        from reelkit.models.text import encode_prompts
+
+        config, roles, generator = self.config, self.roles, self.generator
+        device, scaling_factor, ema, trainable = self.accelerator.device, self.vae.config.scaling_factor, self.ema, \
+            self.trainable
+        batch = next(self.stream)
         batch_size = config.batch_size if roles.cd else config.reward_batch_size
         prompts = list(batch["caption"])[:batch_size]
         latents = batch["latent"][:batch_size].to(device) * scaling_factor  # (B, C, T, h, w)
         with torch.no_grad():
-            text = encode_prompts(prompts, tokenizer, text_encoder)
+            text = encode_prompts(prompts, self.tokenizer, self.text_encoder)
         index = torch.randint(0, config.num_ddim_timesteps, (batch_size,), generator=generator).to(device)
-        sigma = grid[index]
-        sigma_next = grid[(index + config.skip_steps).clamp(max=config.num_ddim_timesteps)]
+        sigma = self.grid[index]
+        sigma_next = self.grid[(index + config.skip_steps).clamp(max=config.num_ddim_timesteps)]
         guidance = (config.guidance_min + (config.guidance_max - config.guidance_min)
                     * torch.rand(batch_size, generator=generator)).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         x_t = (1 - sigma.view(-1, 1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1, 1) * noise
         terms = torch.zeros(3)
         with autocast(config.mixed_precision, device):
-            estimate = consistency_estimate(student, x_t, sigma, text, guidance)  # (B, C, T, h, w), has grad
+            estimate = consistency_estimate(self.student, x_t, sigma, text, guidance)  # (B, C, T, h, w), has grad
             loss = estimate.new_zeros(())
             if roles.cd:
-                x_next = teacher_solver_step(teacher, x_t.float(), sigma, sigma_next, text,
-                                             uncond_text.expand_as(text), guidance)  # k levels in one step
+                x_next = teacher_solver_step(self.teacher, x_t.float(), sigma, sigma_next, text,
+                                             self.uncond_text.expand_as(text), guidance)  # k levels in one step
                 with torch.no_grad():
                     if ema is not None:
                         ema.store(trainable)
                         ema.copy_to(trainable)
-                    target = consistency_estimate(unwrapped, x_next, sigma_next, text, guidance)
+                    target = consistency_estimate(self.unwrapped, x_next, sigma_next, text, guidance)
                     if ema is not None:
                         ema.restore(trainable)
                 loss_cd = (pseudo_huber(estimate, target, config.huber_c) if config.loss == "huber"
@@ -277,47 +295,34 @@ def train(config: DistillConfig) -> Path:
                 terms[0] = loss_cd.detach().float()
             if roles.image or roles.video:
                 count = min(config.reward_batch_size, batch_size)
-                video = vae.decode(estimate[:count] / scaling_factor).sample.float()  # (b, 3, T, H, W), has grad
+                video = self.vae.decode(estimate[:count] / scaling_factor).sample.float()  # (b, 3, T, H, W), has grad
                 if roles.image:
-                    reward_image = image_reward.score(video, prompts[:count], generator).mean()
+                    reward_image = self.image_reward.score(video, prompts[:count], generator).mean()
                     loss = loss - config.beta_img * reward_image
                     terms[1] = reward_image.detach().float()
                 if roles.video:
-                    reward_video = video_reward.score(video, prompts[:count], generator).mean()
+                    reward_video = self.video_reward.score(video, prompts[:count], generator).mean()
                     loss = loss - config.beta_vid * reward_video
                     terms[2] = reward_video.detach().float()
-        apply_gradients(accelerator, loss, trainable, optimizer, None, config.grad_clip)
+        apply_gradients(self.accelerator, loss, trainable, self.optimizer, None, config.grad_clip)
         if ema is not None:
             ema.step(trainable)
-        step += 1
-        clock.step()
-        window += terms
-        if step % config.log_every == 0 or step == config.max_steps:
-            mean = (window / clock.window).tolist()
-            seconds = clock.seconds_per_step()
-            accelerator.print(f"step {step} loss_cd {mean[0]:.4f} reward_image {mean[1]:.3f} "
-                              f"reward_video {mean[2]:.3f} {seconds:.2f} s/step", flush=True)
-            if accelerator.is_main_process:
-                with csv_path.open("a") as handle:
-                    handle.write(f"{step},{mean[0]:.6f},{mean[1]:.5f},{mean[2]:.5f},{seconds:.3f}\n")
-            window.zero_()
-        _, stop = checkpoint_when_due(accelerator, config, output_dir, step, clock)
-        if stop:
-            break
+        return dict(zip(self.figures, terms.tolist(), strict=True))
 
-    model_dir = output_dir / "model"
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.copy_to(trainable)
-        export_student(accelerator.unwrap_model(student), teacher_pipe, model_dir)
-        accelerator.print(f"wrote {model_dir} (LoRA merged; sample it in 1-8 steps)")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return model_dir
+    def export(self, destination: Path) -> None:
+        if self.ema is not None:
+            self.ema.copy_to(self.trainable)
+        export_student(self.accelerator.unwrap_model(self.student), self.teacher_pipe, destination)
+        self.accelerator.print(f"wrote {destination} (LoRA merged; sample it in 1-8 steps)")
+
+
+def train(config: DistillConfig) -> Path:
+    """Run the recipe; return the student pipeline folder ``output_dir/model``."""
+    return DistillRecipe(config).run()
 
 
 def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(DistillConfig, config_path, **overrides))
 
 
-__all__ = ["DistillConfig", "build_student", "export_student", "run", "train"]
+__all__ = ["DistillConfig", "DistillRecipe", "build_student", "export_student", "run", "train"]

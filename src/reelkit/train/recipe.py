@@ -37,6 +37,7 @@ class Recipe:
 
     figures: tuple[str, ...] = ("loss",)  # what train_step returns, in loss.csv's column order
     log_csv: bool = True  # write output_dir/loss.csv (step, figures..., lr, seconds_per_step)
+    log_lr: bool = True  # a recipe without a learning-rate schedule leaves the lr column out
 
     def __init__(self, config):
         self.config = config
@@ -72,7 +73,7 @@ class Recipe:
         raise NotImplementedError
 
     def _setup_logs(self) -> None:
-        header = ",".join(("step", *self.figures, "lr", "seconds_per_step"))
+        header = ",".join(("step", *self.figures, *(("lr",) if self.log_lr else ()), "seconds_per_step"))
         if self.log_csv:
             self.csv_path = start_loss_log(self.accelerator, self.output_dir, header, self.step)
         elif self.step:
@@ -131,11 +132,13 @@ class Recipe:
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float("nan")
         seconds = clock.seconds_per_step()
         shown = " ".join(f"{name} {value:.4f}" for name, value in means.items() if value is not None)
-        self.accelerator.print(f"step {self.step} {shown} lr {lr:.2e} {seconds:.2f} s/step", flush=True)
+        rate = f" lr {lr:.2e}" if self.log_lr else ""
+        self.accelerator.print(f"step {self.step} {shown}{rate} {seconds:.2f} s/step", flush=True)
         if self.log_csv and self.accelerator.is_main_process:
-            cells = ("" if value is None else f"{value:.6f}" for value in means.values())
+            cells = ["" if value is None else f"{value:.6f}" for value in means.values()]
+            cells += [f"{lr:.3e}"] if self.log_lr else []
             with self.csv_path.open("a") as handle:
-                handle.write(",".join((str(self.step), *cells, f"{lr:.3e}", f"{seconds:.3f}")) + "\n")
+                handle.write(",".join((str(self.step), *cells, f"{seconds:.3f}")) + "\n")
 
 
 __all__ = ["Recipe"]
