@@ -35,18 +35,14 @@ from reelkit.errors import ReelkitError
 from reelkit.mardini.masking import sample_reference_mask
 from reelkit.objectives.masked import masked_mse
 from reelkit.train.common import (
-    StepClock,
     apply_gradients,
     autocast,
     build,
     check_mixed_precision,
-    checkpoint_when_due,
     endless,
-    load_checkpoint,
     load_config,
-    start_loss_log,
-    start_run,
 )
+from reelkit.train.recipe import Recipe
 
 TRAINED = ("generator", "planner", "joint")
 
@@ -177,86 +173,94 @@ def build_models(config: MarDiniTrainConfig):
     return planner, generator
 
 
-def train(config: MarDiniTrainConfig) -> Path:
-    """Run the recipe; return the pipeline folder ``output_dir/model``."""
-    from accelerate.utils import DistributedDataParallelKwargs
-    from torch.utils.data import DataLoader
+class MarDiniRecipe(Recipe):
+    """MarDini: per-frame latents at two resolutions cached once; the planner and generator trained through the
+    config's progressive stages (one network, or both jointly, a stage), masked flow matching."""
 
-    from reelkit.train.frame_latents import FrameLatentCache, build_frame_latent_cache
+    labels = ("stage",)
 
-    # stages train one network at a time, so DDP must tolerate parameters without gradients
-    accelerator, output_dir = start_run(config, [DistributedDataParallelKwargs(find_unused_parameters=True)])
-    if accelerator.is_main_process:
-        from reelkit.vae.image_vae import load_image_vae
+    def _kwargs_handlers(self) -> list:
+        from accelerate.utils import DistributedDataParallelKwargs
 
-        build_frame_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size,
-                                 config.planner_scale, config.photo_fraction, vae=load_image_vae(config.image_vae),
-                                 progress=lambda n: n % 512 == 0 and accelerator.print(f"latent cache: {n} clips"))
-    accelerator.wait_for_everyone()
-    dataset = FrameLatentCache(config.latent_cache)
+        # stages train one network at a time, so DDP must tolerate parameters without gradients
+        return [DistributedDataParallelKwargs(find_unused_parameters=True)]
 
-    model = MarDini(*build_models(config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.99), weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: stage_lr(config, step))
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(config.seed))
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
-    step = load_checkpoint(accelerator, output_dir, config)
-    accelerator.print(f"training MarDini on {len(dataset)} cached clips, {accelerator.num_processes} process(es), "
-                      f"batch {config.batch_size}, stages {', '.join(f'{s.name} ({s.steps})' for s in config.stages)}")
-    rng = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index + step)
-    csv_path = start_loss_log(accelerator, output_dir, "step,stage,loss,lr,seconds_per_step", step)
+    def _setup_data(self) -> None:
+        from torch.utils.data import DataLoader
 
-    clock = StepClock(config.time_limit_minutes)
-    window_loss = 0.0
-    stream = endless(loader)
-    while step < config.max_steps:
-        stage, _ = config.stage_at(step)
+        from reelkit.train.frame_latents import FrameLatentCache, build_frame_latent_cache
+
+        config, accelerator = self.config, self.accelerator
+        if accelerator.is_main_process:
+            from reelkit.vae.image_vae import load_image_vae
+
+            build_frame_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size,
+                                     config.planner_scale, config.photo_fraction, vae=load_image_vae(config.image_vae),
+                                     progress=lambda n: n % 512 == 0 and accelerator.print(f"latent cache: {n} clips"))
+        accelerator.wait_for_everyone()
+        self.dataset = FrameLatentCache(config.latent_cache)
+        self.loader = DataLoader(self.dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                 generator=torch.Generator().manual_seed(config.seed))
+
+    def _setup_models(self) -> None:
+        self.model = MarDini(*build_models(self.config))
+
+    def _setup_optimizer(self) -> None:
+        config = self.config
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+                                           weight_decay=0.01)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: stage_lr(config, step))
+
+    def _prepare(self) -> None:
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, self.loader)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def _setup_logs(self) -> None:
+        super()._setup_logs()
+        config, accelerator = self.config, self.accelerator
+        accelerator.print(f"training MarDini on {len(self.dataset)} cached clips, {accelerator.num_processes} "
+                          f"process(es), batch {config.batch_size}, stages "
+                          f"{', '.join(f'{s.name} ({s.steps})' for s in config.stages)}")
+        self.stream = endless(self.loader)
+
+    def train_step(self) -> dict[str, float]:
+        config, rng, device = self.config, self.generator, self.accelerator.device
+        self.stage, _ = config.stage_at(self.step)
+        stage = self.stage
         frames = stage.frames[int(torch.randint(len(stage.frames), (), generator=rng))]
         strides = [s for s in stage.strides if (frames - 1) * s < config.num_frames] or [1]
         stride = strides[int(torch.randint(len(strides), (), generator=rng))]
-        high, low = sub_clips(next(stream), frames, stride, rng)
+        high, low = sub_clips(next(self.stream), frames, stride, rng)
         B = high.shape[0]
-        reference = sample_reference_mask(B, frames, stage.keep_ratio, rng).to(accelerator.device)
+        reference = sample_reference_mask(B, frames, stage.keep_ratio, rng).to(device)
         sigma = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(B, generator=rng))
         noise = torch.randn(high.shape, generator=rng)
         drop_plan = torch.rand(B, generator=rng) < config.plan_dropout
-        with autocast(config.mixed_precision, accelerator.device):
-            loss = model(high, low, reference, stage.train, sigma.to(high.device), noise.to(high.device),
-                         drop_plan.to(high.device))
-        apply_gradients(accelerator, loss, model.parameters(), optimizer, scheduler, config.grad_clip)
-        step += 1
-        clock.step()
-        window_loss += loss.item()
-        if step % config.log_every == 0 or step == config.max_steps:
-            mean_loss = window_loss / clock.window
-            lr = scheduler.get_last_lr()[0]
-            seconds = clock.seconds_per_step()
-            accelerator.print(f"step {step} [{stage.name}] loss {mean_loss:.4f} lr {lr:.2e} {seconds:.2f} s/step",
-                              flush=True)
-            if accelerator.is_main_process:
-                with csv_path.open("a") as handle:
-                    handle.write(f"{step},{stage.name},{mean_loss:.6f},{lr:.3e},{seconds:.3f}\n")
-            window_loss = 0.0
-        _, stop = checkpoint_when_due(accelerator, config, output_dir, step, clock)
-        if stop:
-            break
+        with autocast(config.mixed_precision, device):
+            loss = self.model(high, low, reference, stage.train, sigma.to(high.device), noise.to(high.device),
+                              drop_plan.to(high.device))
+        apply_gradients(self.accelerator, loss, self.model.parameters(), self.optimizer, self.scheduler,
+                        config.grad_clip)
+        return {"loss": loss.item()}
 
-    model_dir = output_dir / "model"
-    if accelerator.is_main_process:
+    def label_values(self) -> tuple[str, ...]:
+        return (self.stage.name,)
+
+    def export(self, destination: Path) -> None:
         from reelkit.pipelines.masked_video import save_masked_video_pipeline
 
-        trained = accelerator.unwrap_model(model)
-        save_masked_video_pipeline(trained.planner.eval(), trained.generator.eval(), model_dir)
-        accelerator.print(f"wrote {model_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return model_dir
+        trained = self.accelerator.unwrap_model(self.model)
+        save_masked_video_pipeline(trained.planner.eval(), trained.generator.eval(), destination)
+        self.accelerator.print(f"wrote {destination}")
+
+
+def train(config: MarDiniTrainConfig) -> Path:
+    """Run the recipe; return the pipeline folder ``output_dir/model``."""
+    return MarDiniRecipe(config).run()
 
 
 def run(config_path: str | Path, **overrides) -> Path:
     return train(load_config(MarDiniTrainConfig, config_path, **overrides))
 
 
-__all__ = ["MarDini", "MarDiniTrainConfig", "Stage", "run", "stage_lr", "sub_clips", "train"]
+__all__ = ["MarDini", "MarDiniRecipe", "MarDiniTrainConfig", "Stage", "run", "stage_lr", "sub_clips", "train"]

@@ -38,6 +38,7 @@ class Recipe:
     figures: tuple[str, ...] = ("loss",)  # what train_step returns, in loss.csv's column order
     log_csv: bool = True  # write output_dir/loss.csv (step, figures..., lr, seconds_per_step)
     log_lr: bool = True  # a recipe without a learning-rate schedule leaves the lr column out
+    labels: tuple[str, ...] = ()  # text columns logged before the figures (e.g. MarDini's stage): see label_values
 
     def __init__(self, config):
         self.config = config
@@ -73,7 +74,8 @@ class Recipe:
         raise NotImplementedError
 
     def _setup_logs(self) -> None:
-        header = ",".join(("step", *self.figures, *(("lr",) if self.log_lr else ()), "seconds_per_step"))
+        header = ",".join(("step", *self.labels, *self.figures, *(("lr",) if self.log_lr else ()),
+                           "seconds_per_step"))
         if self.log_csv:
             self.csv_path = start_loss_log(self.accelerator, self.output_dir, header, self.step)
         elif self.step:
@@ -84,6 +86,10 @@ class Recipe:
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns :attr:`figures` (floats) for the log."""
         raise NotImplementedError
+
+    def label_values(self) -> tuple[str, ...]:
+        """The :attr:`labels` of the step just taken."""
+        return ()
 
     def after_step(self) -> None:
         """After every step, e.g. an evaluation every ``eval_every`` steps."""
@@ -133,9 +139,11 @@ class Recipe:
         seconds = clock.seconds_per_step()
         shown = " ".join(f"{name} {value:.4f}" for name, value in means.items() if value is not None)
         rate = f" lr {lr:.2e}" if self.log_lr else ""
-        self.accelerator.print(f"step {self.step} {shown}{rate} {seconds:.2f} s/step", flush=True)
+        labels = self.label_values()
+        tags = "".join(f" [{label}]" for label in labels)
+        self.accelerator.print(f"step {self.step}{tags} {shown}{rate} {seconds:.2f} s/step", flush=True)
         if self.log_csv and self.accelerator.is_main_process:
-            cells = ["" if value is None else f"{value:.6f}" for value in means.values()]
+            cells = [*labels, *("" if value is None else f"{value:.6f}" for value in means.values())]
             cells += [f"{lr:.3e}"] if self.log_lr else []
             with self.csv_path.open("a") as handle:
                 handle.write(",".join((str(self.step), *cells, f"{seconds:.3f}")) + "\n")
