@@ -182,3 +182,18 @@ def test_key_value_overrides_on_the_command_line(tmp_path, tiny_vae_dir, cli, on
                          ("max_steps=two", "max_steps"), ("model.x.y=1", "unknown|not a mapping|x")):
         line = one_line_error(*cli("train", "t2v", "--config", config, bad)[::2])
         assert any(part in line for part in message.split("|")), line
+
+
+def test_object_weighting_can_end_after_some_steps(tmp_path, tiny_vae_dir, monkeypatch):
+    import reelkit.train.t2v as recipe
+
+    weighted = []
+    original = recipe.flow_matching_loss
+
+    def spy(*args, **kwargs):
+        weighted.append(args[-1] is not None if len(args) > 6 else kwargs.get("weight") is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "flow_matching_loss", spy)
+    run(write_config(tmp_path, tiny_vae_dir, object_weight=4.0, object_weight_steps=2))
+    assert weighted == [True, True, False]
