@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -84,32 +83,19 @@ def generate(
             raise ReelkitError(f"{output.parent}: no such folder for the output")
         if sheet is not None:
             check_output(sheet, (".png",), output, *inputs)
-    cache_config = _cache_config(cache, moreg, codebook)
+    from reelkit.accel.options import AccelerationOptions, ada_cache_config, apply_acceleration, computed_and_reused
     from reelkit.accel.slicing import slicing_config_from_option
 
-    slicing_config = slicing_config_from_option(slice_)
+    ada_cache_config(cache, moreg, codebook)  # option mistakes fail before the model loads
+    slicing_config_from_option(slice_)
+    caching = bool(cache or codebook or rehash or rehash_schedule)
     # the caches pay off over many steps: without --model they run on the teacher
-    pipe = load_generator(model, default="teacher" if cache_config or rehash or rehash_schedule else "student")
+    pipe = load_generator(model, default="teacher" if caching else "student")
     steps = steps or (FEW_STEPS if pipe.consistency_sampling else 50)
     settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
-    from reelkit.accel.step_rehash import config_from_options
-
-    rehash_config = config_from_options(rehash, rehash_schedule, steps, bundled=model in (None, "teacher"))
-    if rehash_config is not None and cache_config is not None:
-        raise ReelkitError("--rehash and --cache are two caches; choose one")
-    if slicing_config is not None:
-        from reelkit.accel.slicing import apply_feature_slicing
-
-        apply_feature_slicing(pipe.transformer, slicing_config)
-        apply_feature_slicing(pipe.vae, slicing_config)
-    if rehash_config is not None:
-        from reelkit.accel.step_rehash import apply_step_rehash
-
-        apply_step_rehash(pipe.transformer, rehash_config)
-    if cache_config is not None:
-        from reelkit.accel.adacache import apply_ada_cache
-
-        apply_ada_cache(pipe.transformer, cache_config)
+    options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_)
+    applied = apply_acceleration(pipe, options, steps, bundled_teacher=model in (None, "teacher"))
+    cache_config, rehash_config, slicing_config = applied.cache, applied.rehash, applied.slicing
     if batch:
         rank, world_size = process_shard()
         mine = len(range(rank, len(prompt_list), world_size))
@@ -118,7 +104,8 @@ def generate(
         def on_clip(path):
             advance()
             if cache_config is not None:
-                totals[0], totals[1] = totals[0] + _cache_steps(pipe)[0], totals[1] + _cache_steps(pipe)[1]
+                computed, reused = computed_and_reused(pipe)
+                totals[0], totals[1] = totals[0] + computed, totals[1] + reused
 
         with progress_bars() as task:
             advance = task(f"process {rank}/{world_size}: clips", mine)
@@ -159,31 +146,3 @@ def generate(
 
         chunks = feature_slicing_chunks(pipe.transformer)
         console.print(f"feature slicing: {chunks[0]} frame chunks, {chunks[1]} spatial chunks", highlight=False)
-
-
-def _cache_config(cache: str | None, moreg: bool, codebook: Path | None):
-    """The AdaCache configuration the generate options ask for, or None for no cache."""
-    from reelkit.accel.adacache import AdaCacheConfig, Codebook
-
-    names = {"adacache": "fast", "adacache-fast": "fast", "adacache-slow": "slow"}
-    if cache is None and codebook is None:
-        if moreg:
-            raise ReelkitError("--moreg needs --cache adacache (or --codebook)")
-        return None
-    if cache is not None and cache not in names:
-        raise ReelkitError(f"unknown --cache {cache!r}; choose one of {', '.join(names)}")
-    if codebook is None:
-        return AdaCacheConfig(codebook=names[cache], moreg=moreg)
-    if cache not in (None, "adacache"):
-        raise ReelkitError(f"--codebook replaces the {cache} preset; use --cache adacache or leave --cache out")
-    book = Codebook.load(codebook)
-    centre = json.loads(codebook.read_text()).get("moreg_centre")
-    return AdaCacheConfig(codebook=book, moreg=moreg, **({"moreg_centre": centre} if centre else {}))
-
-
-def _cache_steps(pipe) -> tuple[int, int]:
-    """Computed and reused denoiser calls of the last generation, over all cache contexts."""
-    from reelkit.accel.adacache import ada_cache_stats
-
-    stats = ada_cache_stats(pipe.transformer).values()
-    return sum(sum(s.computed) for s in stats), sum(sum(s.reused) for s in stats)

@@ -13,6 +13,7 @@ from reelkit.cli import (  # noqa: F401  (each module registers its commands on 
     evaluate,
     generate,
     mardini,
+    studio,
     train,
     vae,
     video,

@@ -1,0 +1,134 @@
+"""The accelerators a user picks by name (the ``generate`` command line, the studio), applied to a pipeline in one
+call and removed in one, so every front end composes them the same way.
+
+>>> from reelkit.accel.options import AccelerationOptions, apply_acceleration, remove_acceleration
+>>> from reelkit.pipelines.text_to_video import tiny_pipeline
+>>> pipe = tiny_pipeline()
+>>> applied = apply_acceleration(pipe, AccelerationOptions(cache="adacache-fast", moreg=True), steps=8)
+>>> applied.describe()
+'AdaCache (fast) + MoReg'
+>>> remove_acceleration(pipe)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from reelkit.errors import ReelkitError
+
+CACHE_PRESETS = {"adacache": "fast", "adacache-fast": "fast", "adacache-slow": "slow"}
+
+
+@dataclass
+class AccelerationOptions:
+    """``cache``: an AdaCache preset name (``CACHE_PRESETS``) or None; ``codebook``: an AdaCache codebook file
+    (replaces the preset); ``moreg``: MoReg on AdaCache; ``rehash``: Step Rehash's full-step budget;
+    ``rehash_schedule``: its key-step schedule file; ``slicing``: Feature Slicing (``"auto"``, a chunk count or a
+    memory budget such as ``"2GiB"``)."""
+
+    cache: str | None = None
+    codebook: str | Path | None = None
+    moreg: bool = False
+    rehash: int | None = None
+    rehash_schedule: str | Path | None = None
+    slicing: str | None = None
+
+
+@dataclass
+class AppliedAcceleration:
+    cache: object | None = None  # the AdaCacheConfig applied
+    rehash: object | None = None  # the StepRehashConfig applied
+    slicing: object | None = None  # the SlicingConfig applied
+    preset: str | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.cache is not None:
+            parts.append(f"AdaCache ({self.preset or 'codebook'})" + (" + MoReg" if self.cache.moreg else ""))
+        if self.rehash is not None:
+            parts.append("Step Rehash")
+        if self.slicing is not None:
+            parts.append("Feature Slicing")
+        return ", ".join(parts) or "none"
+
+
+def ada_cache_config(cache: str | None, moreg: bool, codebook: str | Path | None):
+    """The AdaCache configuration those options ask for, or None for no cache; one-line errors otherwise."""
+    from reelkit.accel.adacache import AdaCacheConfig, Codebook
+
+    if cache is None and codebook is None:
+        if moreg:
+            raise ReelkitError("--moreg needs --cache adacache (or --codebook)")
+        return None
+    if cache is not None and cache not in CACHE_PRESETS:
+        raise ReelkitError(f"unknown --cache {cache!r}; choose one of {', '.join(CACHE_PRESETS)}")
+    if codebook is None:
+        return AdaCacheConfig(codebook=CACHE_PRESETS[cache], moreg=moreg)
+    if cache not in (None, "adacache"):
+        raise ReelkitError(f"--codebook replaces the {cache} preset; use --cache adacache or leave --cache out")
+    codebook = Path(codebook)
+    book = Codebook.load(codebook)
+    centre = json.loads(codebook.read_text()).get("moreg_centre")
+    return AdaCacheConfig(codebook=book, moreg=moreg, **({"moreg_centre": centre} if centre else {}))
+
+
+def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_teacher: bool = True
+                       ) -> AppliedAcceleration:
+    """Apply the chosen accelerators to ``pipe`` (its transformer, and its VAE for Feature Slicing) for
+    ``steps`` denoising steps; AdaCache and Step Rehash are two caches, so asking for both is an error."""
+    from reelkit.accel.slicing import apply_feature_slicing, slicing_config_from_option
+    from reelkit.accel.step_rehash import apply_step_rehash, config_from_options
+
+    cache = ada_cache_config(options.cache, options.moreg, options.codebook)
+    rehash = config_from_options(options.rehash, options.rehash_schedule, steps, bundled=bundled_teacher)
+    if rehash is not None and cache is not None:
+        raise ReelkitError("--rehash and --cache are two caches; choose one")
+    slicing = slicing_config_from_option(options.slicing)
+    if slicing is not None:
+        apply_feature_slicing(pipe.transformer, slicing)
+        apply_feature_slicing(pipe.vae, slicing)
+    if rehash is not None:
+        apply_step_rehash(pipe.transformer, rehash)
+    if cache is not None:
+        from reelkit.accel.adacache import apply_ada_cache
+
+        apply_ada_cache(pipe.transformer, cache)
+    preset = CACHE_PRESETS.get(options.cache) if options.codebook is None else None
+    return AppliedAcceleration(cache, rehash, slicing, preset)
+
+
+def remove_acceleration(pipe) -> None:
+    """Remove every accelerator :func:`apply_acceleration` may have applied; the pipeline is plain again."""
+    from reelkit.accel.adacache import remove_ada_cache
+    from reelkit.accel.slicing import remove_feature_slicing
+    from reelkit.accel.step_rehash import remove_step_rehash
+
+    remove_ada_cache(pipe.transformer)
+    remove_step_rehash(pipe.transformer)
+    remove_feature_slicing(pipe.transformer)
+    remove_feature_slicing(pipe.vae)
+
+
+def computed_and_reused(pipe) -> tuple[int, int] | None:
+    """Computed and reused denoiser calls of the last generation over all cache contexts (AdaCache or Step
+    Rehash), or None when neither is applied."""
+    from reelkit.accel._diffusers_compat import hook_names
+
+    names = hook_names(pipe.transformer)
+    if any(name.startswith("ada_cache") for name in names):
+        from reelkit.accel.adacache import ada_cache_stats
+
+        stats = ada_cache_stats(pipe.transformer).values()
+        return sum(sum(s.computed) for s in stats), sum(sum(s.reused) for s in stats)
+    if any(name.startswith("step_rehash") for name in names):
+        from reelkit.accel.step_rehash import step_rehash_stats
+
+        stats = step_rehash_stats(pipe.transformer).values()
+        return sum(len(s.full_steps) for s in stats), sum(len(s.rehash_steps) for s in stats)
+    return None
+
+
+__all__ = ["CACHE_PRESETS", "AccelerationOptions", "AppliedAcceleration", "ada_cache_config", "apply_acceleration",
+           "computed_and_reused", "remove_acceleration"]
