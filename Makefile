@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	@mkdir -p outputs
-	$(BIN)/reelkit generate "a red circle moving right and a yellow star spinning on a navy background" \
+	$(BIN)/reelkit generate "a red circle moving right and a yellow star spinning on a navy background" --model teacher \
 		--seed 0 -o outputs/demo.mp4 --sheet outputs/demo.png
 
 test: $(STAMP)

@@ -3,7 +3,7 @@
 Every ``eval_every`` steps a recipe hands its current (EMA) pipeline to :class:`AdherenceMonitor`, which
 generates a few held-out prompts with fixed seeds, asks the judge what it sees, appends per-attribute
 adherence to ``output_dir/adherence.csv``, redraws ``adherence.png`` beside ``loss.png``, and says whether
-this is the best reading so far (mean of shape, colour and motion), so the recipe can keep that checkpoint.
+this is the best reading so far (mean of shape, colour, motion and count), so the recipe can keep that checkpoint.
 
 >>> import tempfile, torch
 >>> from reelkit.models.judge import WorldJudge
@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 HEADER = "step,shape,color,motion,count,mean"
-SCORED = ("shape", "color", "motion")  # the mean that picks the best checkpoint
+# the mean that picks the best checkpoint; the object count is in it because a model can read well on the
+# other three while drawing a second, unasked object for every prompt (the object-weighted teacher did)
+SCORED = ("shape", "color", "motion", "count")
 
 
 class AdherenceMonitor:
