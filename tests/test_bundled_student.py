@@ -25,11 +25,10 @@ def student():
 def test_student_is_bundled_and_samples_with_a_consistency_scheduler(student):
     assert "student" in bundled_models()
     assert student.guidance_distilled and type(student.scheduler).__name__ == "FlowMatchLCMScheduler"
-    teacher = load_text_to_video("teacher").transformer.config
-    def architecture(config):
-        return {k: v for k, v in config.items() if k != "guidance_embed" and not k.startswith("_")}
-
-    assert architecture(student.transformer.config) == architecture(teacher)
+    # distilled from the blob-era teacher in the 8x latent space (issue 22 re-distils it from the rebuilt one):
+    # it carries that teacher's text encoder and names its CV-VAE, so it does not depend on the teacher folder
+    assert student.transformer.config.guidance_embed and student.vae.spatial_compression == 8
+    assert student.text_encoder is not None and student.tokenizer is not None
     assert student.transformer.time_embedding.cond_proj.weight.abs().sum() > 0  # the trained guidance embedding
 
 

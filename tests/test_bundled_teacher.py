@@ -11,10 +11,10 @@ from reelkit.paths import bundled_models
 from reelkit.pipelines.text_to_video import load_text_to_video
 
 # Floors well under the measured figures (docs/bench/generate.json): the judge reads 100% of held-out
-# clips right; the teacher (2,644 CPU steps) gets object counts right and colours above chance on 64
-# prompts, but over 8 prompts only the count is steady enough for a floor.
+# clips right; the teacher (rebuilt latent space, 2,900 CPU steps) reads 0.87 on colours and 0.73 on object
+# counts over 64 prompts; shapes and motions are not yet above chance, so they get no floor.
 JUDGE_FLOOR = {"shape": 0.95, "color": 0.95, "motion": 0.95}
-TEACHER_FLOOR = {"count": 0.5}
+TEACHER_FLOOR = {"color": 0.6, "count": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -43,5 +43,5 @@ def test_teacher_follows_heldout_prompts(judge):
     assert videos.shape == (8, 3, 17, 64, 64)
     seen, _ = judge_clips(judge, videos)
     scores = mean_adherence(prompt_adherence(p, s) for p, s in zip(prompts, seen, strict=True))
-    assert scores["count"] >= TEACHER_FLOOR["count"], scores
+    assert all(scores[k] >= floor for k, floor in TEACHER_FLOOR.items()), scores
     assert torch.isfinite(videos).all() and videos.flatten(1).std(1).min() > 0.05  # pictures, not flat frames
