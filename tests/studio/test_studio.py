@@ -2,7 +2,6 @@
 settings): generate and compare, bad input as a message in the page while the app keeps serving, uploads."""
 
 import json
-import socket
 
 import pytest
 
@@ -13,17 +12,11 @@ gradio_client = pytest.importorskip("gradio_client")
 SMALL = dict(steps=4, guidance=5.0, seed=0, frames=9, size=32)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def studio():
+def studio(free_port):
     from reelkit.studio import launch
 
-    app, url = launch("127.0.0.1", free_port(), block=False)
+    app, url = launch("127.0.0.1", free_port, block=False)
     yield app, gradio_client.Client(url, verbose=False)
     app.close()
 

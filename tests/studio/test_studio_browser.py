@@ -5,7 +5,6 @@ test skips with the reason. ``REELKIT_STUDIO_SCREENSHOT=path`` also copies the s
 
 import os
 import shutil
-import socket
 
 import pytest
 
@@ -17,20 +16,14 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no system Chr
                                 "(apt install chromium chromium-driver; .ci/run does)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def browser():
+def browser(free_port):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     from reelkit.studio import launch
 
-    app, url = launch("127.0.0.1", free_port(), block=False)
+    app, url = launch("127.0.0.1", free_port, block=False)
     options = Options()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800",
