@@ -132,3 +132,34 @@ def test_each_browser_session_writes_into_its_own_folder(studio):
     generate(other, "a cyan diamond rising")
     new = set(root.iterdir()) - before
     assert len(new) == 1 and len(list(next(iter(new)).glob("*.mp4"))) == 2  # one folder for that session
+
+
+def test_an_oversized_upload_is_refused_and_the_app_keeps_serving(studio, tmp_path):
+    _, client = studio
+    big = tmp_path / "huge.json"
+    big.write_bytes(b"{" + b" " * (33 * 1024 * 1024) + b"}")  # over the 32 MB upload limit
+    with pytest.raises(Exception, match="(?i)size|large|413|exceed"):
+        generate(client, "a red circle", codebook=gradio_client.handle_file(str(big)))
+    assert generate(client, "a blue square moving up")[3] == ""
+
+
+def test_past_the_bounded_queue_the_page_says_it_is_busy(another_port):
+    """One generation runs at a time; with max_queue=1 a third request at once is turned away, not queued."""
+    from reelkit.studio import launch
+
+    app, url = launch("127.0.0.1", another_port, block=False, max_queue=1)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        jobs = [client.submit("a red circle moving right", "", "teacher", 30, 5.0, seed, 17, 64, "off", None, False,
+                              0, False, True, api_name="/generate") for seed in range(4)]
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=300)[3])
+            except Exception as error:  # gradio_client raises the page's queue-full message
+                outcomes.append(f"busy: {error}")
+        busy = [o for o in outcomes if o.startswith("busy")]
+        assert busy and all("queue" in o.lower() and "full" in o.lower() for o in busy), outcomes
+        assert outcomes[0] == ""  # the running one completes
+    finally:
+        app.close()
