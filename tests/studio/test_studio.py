@@ -160,6 +160,6 @@ def test_past_the_bounded_queue_the_page_says_it_is_busy(another_port):
                 outcomes.append(f"busy: {error}")
         busy = [o for o in outcomes if o.startswith("busy")]
         assert busy and all("queue" in o.lower() and "full" in o.lower() for o in busy), outcomes
-        assert outcomes[0] == ""  # the running one completes
+        assert "" in outcomes and all(o == "" or o in busy for o in outcomes), outcomes  # the accepted ones complete
     finally:
         app.close()
