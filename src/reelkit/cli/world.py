@@ -66,10 +66,8 @@ def world_vocab() -> None:
     """List the shapes, colours, motions, backgrounds and every word a prompt may use."""
     from reelkit.data import captions
 
-    for title, names in (("shapes", captions.SHAPE_SYNONYMS), ("colours", captions.COLOR_SYNONYMS),
-                         ("motions", captions.MOTION_KEYWORDS), ("backgrounds", captions.BACKGROUND_COLOR_SYNONYMS),
-                         ("textures", captions.TEXTURE_WORDS)):
-        console.print(f"[bold]{title}[/]: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in names.items()))
+    for title, words in captions.vocabulary_groups():
+        console.print(f"[bold]{title}[/]: {words}")
     console.print(f"[bold]all words[/]: {' '.join(sorted(captions.VOCABULARY))}")
     console.print(f"[bold]accepted, not drawn[/] (every object has one size and one speed): "
                   f"{' '.join(sorted(captions.UNRENDERED_WORDS))}")

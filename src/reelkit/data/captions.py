@@ -170,6 +170,14 @@ def unknown_words(prompt: str) -> list[str]:
     return [t for t in dict.fromkeys(tokenize(prompt)) if t not in VOCABULARY and t not in UNRENDERED_WORDS]
 
 
+def vocabulary_groups() -> list[tuple[str, str]]:
+    """``(title, "name (synonyms); ...")`` for shapes, colours, motions, backgrounds and textures: the vocabulary as
+    ``reelkit world vocab`` and the studio show it."""
+    tables = (("shapes", SHAPE_SYNONYMS), ("colours", COLOR_SYNONYMS), ("motions", MOTION_KEYWORDS),
+              ("backgrounds", BACKGROUND_COLOR_SYNONYMS), ("textures", TEXTURE_WORDS))
+    return [(title, "; ".join(f"{k} ({', '.join(v)})" for k, v in table.items())) for title, table in tables]
+
+
 _UNRENDERED = re.compile(r"\b(" + "|".join(sorted(UNRENDERED_WORDS)) + r")\b", re.IGNORECASE)
 
 

@@ -11,6 +11,7 @@ and the app keeps serving.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -75,11 +76,18 @@ class Generator:
             remove_acceleration(pipe)
 
 
-def _judge_reading(prompt: str, video: torch.Tensor) -> dict[str, float]:
-    from reelkit.eval.adherence import judge_clips, prompt_adherence
+@functools.cache
+def _judge():
+    """The bundled judge, loaded once per process (each compare reads two clips)."""
     from reelkit.models.judge import load_judge
 
-    seen, _ = judge_clips(load_judge(), video[None])
+    return load_judge()
+
+
+def _judge_reading(prompt: str, video: torch.Tensor) -> dict[str, float]:
+    from reelkit.eval.adherence import judge_clips, prompt_adherence
+
+    seen, _ = judge_clips(_judge(), video[None])
     return prompt_adherence(prompt, seen[0])
 
 
@@ -125,12 +133,9 @@ def _write(video: torch.Tensor, folder: Path, name: str) -> str:
 
 
 def _vocabulary() -> str:
-    from reelkit.data import captions
+    from reelkit.data.captions import vocabulary_groups
 
-    groups = (("shapes", captions.SHAPE_SYNONYMS), ("colours", captions.COLOR_SYNONYMS),
-              ("motions", captions.MOTION_KEYWORDS), ("backgrounds", captions.BACKGROUND_COLOR_SYNONYMS),
-              ("textures", captions.TEXTURE_WORDS))
-    lines = [f"**{title}**: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in table.items()) for title, table in groups]
+    lines = [f"**{title}**: {words}" for title, words in vocabulary_groups()]
     lines.append("Size and speed words (small, big, fast, slowly, ...) are accepted and ignored: every object has one "
                  "size and one speed. Up to two objects, joined by *and*.")
     return "\n\n".join(lines)
