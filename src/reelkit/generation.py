@@ -95,10 +95,12 @@ def process_shard() -> tuple[int, int]:
 def generate_batch(pipe, prompts: list[str], out_dir: str | Path, settings: GenerationSettings,
                    rank: int = 0, world_size: int = 1, suffix: str = ".mp4",
                    on_clip: Callable[[Path], None] | None = None,
-                   on_step: Callable[[], None] | None = None) -> list[Path]:
+                   on_step: Callable[[], None] | None = None, write: bool = True) -> list[Path]:
     """Write this process's share of ``prompts`` into ``out_dir``; return the files it wrote.
 
-    All prompts are checked before any work, so a bad line fails the run at once.
+    All prompts are checked before any work, so a bad line fails the run at once. The clips already in
+    ``out_dir`` are skipped, as they stood when the call began. ``write=False``: generate the same clips without
+    writing them (a helper rank of a context-parallel group, whose first rank writes).
     """
     from reelkit.data.video_io import write_video
 
@@ -111,12 +113,13 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | Path, settings: Gene
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for index in range(rank, len(prompts), world_size):
-        path = out_dir / output_name(index, prompts[index], suffix)
-        if path.exists():
-            continue
+    # decided before any clip is written, so the ranks of a context-parallel group agree on the work
+    todo = [(index, out_dir / output_name(index, prompts[index], suffix)) for index in range(rank, len(prompts),
+                                                                                             world_size)]
+    for index, path in [(index, path) for index, path in todo if not path.exists()]:
         video = generate_video(pipe, readable[index], settings, seed=settings.seed + index, on_step=on_step)
-        write_video(video, path, fps=settings.fps)  # atomic: an interrupted write leaves no partial file
+        if write:
+            write_video(video, path, fps=settings.fps)  # atomic: an interrupted write leaves no partial file
         written.append(path)
         if on_clip is not None:
             on_clip(path)

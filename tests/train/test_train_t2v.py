@@ -191,9 +191,35 @@ def test_object_weighting_can_end_after_some_steps(tmp_path, tiny_vae_dir, monke
     original = recipe.flow_matching_loss
 
     def spy(*args, **kwargs):
-        weighted.append(args[-1] is not None if len(args) > 6 else kwargs.get("weight") is not None)
+        weighted.append(args[6] is not None if len(args) > 6 else kwargs.get("weight") is not None)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(recipe, "flow_matching_loss", spy)
     run(write_config(tmp_path, tiny_vae_dir, object_weight=4.0, object_weight_steps=2))
     assert weighted == [True, True, False]
+
+
+def test_object_weight_applies_only_below_its_noise_level():
+    from reelkit.objectives.flow_matching import flow_matching_loss
+
+    latents = torch.randn(4, 2, 1, 4, 4)
+    weight = torch.zeros(4, 1, 1, 4, 4)
+    weight[..., :2, :] = 50.0  # the "objects": the top half of every latent
+
+    def loss(**options):
+        return flow_matching_loss(lambda noisy, *rest: torch.zeros_like(noisy), latents, {"input_ids": None,
+                                  "attention_mask": None}, torch.Generator().manual_seed(0), **options)
+
+    plain, weighted = loss(), loss(weight=1 + weight)
+    assert not torch.isclose(plain, weighted)
+    # every sampled noise level lies above 1e-6: the weight is off and the loss is the plain one
+    torch.testing.assert_close(loss(weight=1 + weight, weight_max_sigma=1e-6), plain)
+    torch.testing.assert_close(loss(weight=1 + weight, weight_max_sigma=1.0), weighted)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.2])
+def test_object_weight_noise_level_must_lie_in_the_unit_interval(value):
+    from reelkit.train.t2v import T2VTrainConfig
+
+    with pytest.raises(ReelkitError, match="object_weight_max_sigma must lie in"):
+        T2VTrainConfig(object_weight_max_sigma=value)

@@ -80,8 +80,21 @@ def remove_hooks(module: torch.nn.Module, *names: str) -> None:
     registry.invalidate_child_registries_cache()
 
 
+_CONTEXT_PARALLEL_HOOKS = ("cp_input---", "cp_output---")  # diffusers' context-parallel split and gather hooks
+
+
 def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
-    registry_of(module).register_hook(hook, name)
+    """Register ``hook`` on ``module``, inside any context-parallel split or gather diffusers put there: a cache
+    must see the rank's share of the tokens, the tensors the module itself computes on. (The split hooks are
+    taken off while they are the outermost and put back on top: taking off an inner hook would leave a
+    ``new_forward`` hook above it calling the removed one.)"""
+    registry = registry_of(module)
+    outer = [(n, registry.hooks[n]) for n in registry._hook_order if n.startswith(_CONTEXT_PARALLEL_HOOKS)]
+    for n, _ in reversed(outer):
+        registry.remove_hook(n, recurse=False)
+    registry.register_hook(hook, name)
+    for n, moved in outer:
+        registry.register_hook(moved, n)
 
 
 def invalidate(module: torch.nn.Module) -> None:

@@ -48,6 +48,10 @@ def generate(
     slice_: Annotated[str | None, typer.Option("--slice", help="Feature Slicing (exact, lower peak memory): N "
                                                "chunks, a budget such as 2GiB, or auto (fit the free memory).")
                       ] = None,
+    parallel: Annotated[str | None, typer.Option(help="Context parallelism: ulysses=N or ring=N splits each "
+                                                 "video's tokens over N processes (torchrun --nproc_per_node N "
+                                                 "-m reelkit generate ...); batch mode gives each group of N "
+                                                 "its own prompts.")] = None,
 ) -> None:
     """Generate a video from a prompt (or one per line of --prompts) with the text-to-video model."""
 
@@ -70,6 +74,17 @@ def generate(
     from reelkit.conventions import check_size, check_video_fits
 
     check_video_fits(frames, check_size(size), size)
+    if parallel is not None:
+        from reelkit.parallel import ParallelError, launched_processes, parse_parallel
+
+        parallel_setting = parse_parallel(parallel)
+        if launched_processes() <= 1:
+            raise ParallelError(f"--parallel {parallel} needs several processes: launch with torchrun "
+                                f"--nproc_per_node {parallel_setting[1]} -m reelkit generate ...")
+        if not batch and launched_processes() != parallel_setting[1]:
+            raise ParallelError(f"one prompt runs on one group of {parallel_setting[1]} processes, not "
+                                f"{launched_processes()}: launch --nproc_per_node {parallel_setting[1]}, or "
+                                "give --prompts to share a batch between groups")
     if batch:
         prompt_list = read_prompts(prompts)
         if out_dir.exists() and not out_dir.is_dir():
@@ -91,13 +106,22 @@ def generate(
     caching = bool(cache or codebook or rehash or rehash_schedule)
     # the caches pay off over many steps: without --model they run on the teacher
     pipe = load_generator(model, default="teacher" if caching else "student")
+    group_rank = group_size = None
+    writer = True  # the one process of a context-parallel group that writes files and prints
+    if parallel is not None:
+        from reelkit.parallel import enable_context_parallel
+
+        mesh = enable_context_parallel(pipe.transformer, *parallel_setting)
+        group_rank, group_size = mesh["dp"].get_local_rank(), mesh["dp"].size()
+        writer = not any(mesh.get_coordinate()[1:])  # rank 0 of its group
+        console.quiet = not writer
     steps = steps or (FEW_STEPS if pipe.consistency_sampling else 50)
     settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
     options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_)
     applied = apply_acceleration(pipe, options, steps, bundled_teacher=model in (None, "teacher"))
     cache_config, rehash_config, slicing_config = applied.cache, applied.rehash, applied.slicing
     if batch:
-        rank, world_size = process_shard()
+        rank, world_size = process_shard() if group_rank is None else (group_rank, group_size)
         mine = len(range(rank, len(prompt_list), world_size))
         totals = [0, 0]
 
@@ -109,7 +133,8 @@ def generate(
 
         with progress_bars() as task:
             advance = task(f"process {rank}/{world_size}: clips", mine)
-            written = generate_batch(pipe, prompt_list, out_dir, settings, rank, world_size, on_clip=on_clip)
+            written = generate_batch(pipe, prompt_list, out_dir, settings, rank, world_size, on_clip=on_clip,
+                                     write=writer)
         console.print(f"process {rank}/{world_size}: wrote {len(written)} clip(s) to {out_dir}, "
                       f"skipped {mine - len(written)} already there")
         if cache_config is not None and written:
@@ -127,6 +152,8 @@ def generate(
     with progress_bars() as task:
         video = generate_video(pipe, prompt, settings, on_step=task("denoising", steps))
     elapsed = time.perf_counter() - started
+    if not writer:
+        return
     write_video(video, output, fps=fps)
     if sheet is not None:
         contact_sheet(video, sheet)

@@ -28,6 +28,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.cache_utils import CacheMixin
@@ -44,6 +45,33 @@ from torch import nn
 from reelkit.errors import ShapeError
 
 NUM_BRANCHES = 4  # spatial attention, temporal attention, cross-attention, MLP
+
+
+class SpatialAttnProcessor:
+    """Self-attention within frames through diffusers' attention dispatcher, so context parallelism applies to it.
+
+    Under ``enable_parallelism`` every rank holds all frames but only a slice of each frame's locations
+    (``VideoDiT._cp_plan``), so this is the one attention whose sequence is sharded: diffusers sets
+    ``_parallel_config`` here and runs Ulysses (or ring) attention over the slices. Temporal attention and
+    cross-attention keep the plain processor: their sequences (a location's frames, the text) are whole on every
+    rank. Without parallelism this is the same computation as diffusers' ``AttnProcessor2_0``.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, **kwargs) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        n, S, _ = hidden_states.shape  # (B*T, S, C)
+        query, key, value = (proj(hidden_states).view(n, S, attn.heads, -1)
+                             for proj in (attn.to_q, attn.to_k, attn.to_v))  # (B*T, S, heads, head_dim)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        out = dispatch_attention_fn(query, key, value, backend=self._attention_backend,
+                                    parallel_config=self._parallel_config)
+        out = out.flatten(2).to(query.dtype)  # (B*T, S, C)
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -91,7 +119,7 @@ class VideoDiTBlock(nn.Module):
         heads = dict(heads=num_attention_heads, dim_head=attention_head_dim, qk_norm="rms_norm", eps=1e-6,
                      bias=True, out_bias=True)
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn1 = Attention(query_dim=dim, **heads)  # spatial
+        self.attn1 = Attention(query_dim=dim, processor=SpatialAttnProcessor(), **heads)  # spatial
         self.norm_temporal = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn_temporal = Attention(query_dim=dim, **heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -164,6 +192,13 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # Context parallelism (diffusers' ``enable_parallelism``) shards each frame's locations: every rank keeps all
+    # frames of its slice of locations, so temporal attention, text attention and the MLP stay local and only the
+    # spatial attention exchanges tokens (SpatialAttnProcessor). The grid is (B, T, S, D) at both points.
+    _cp_plan = {
+        "shard_tokens": {0: ContextParallelInput(split_dim=2, expected_dims=4, split_output=True)},
+        "gather_tokens": ContextParallelOutput(gather_dim=2, expected_dims=4),
+    }
     _no_split_modules = ["VideoDiTBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
 
@@ -180,6 +215,7 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         self.time_embedding = TimestepEmbedding(frequency_dim, dim,
                                                 cond_proj_dim=frequency_dim if guidance_embed else None)
         self.time_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * NUM_BRANCHES * dim))
+        self.shard_tokens, self.gather_tokens = nn.Identity(), nn.Identity()  # context-parallel split and gather
         self.transformer_blocks = nn.ModuleList(
             VideoDiTBlock(dim, num_attention_heads, attention_head_dim, text_dim, mlp_ratio) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -250,6 +286,8 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         positions = self.positions(T, h, w)
         x = self._per_token(lambda s: self.patch_embed(patches[:, s]) + positions[s].to(patches.dtype),
                             T * h * w)  # (B, T*S, D)
+        D = x.shape[-1]
+        x = self.shard_tokens(x.view(B, T, h * w, D)).flatten(1, 2)  # (B, T*S/N, D) on each of N parallel ranks
 
         timestep = torch.as_tensor(timestep, device=x.device, dtype=torch.float32).expand(B)
         t_emb = self.time_embedding(self.time_proj(timestep).to(x.dtype), self._guidance_condition(guidance, B, x))
@@ -262,6 +300,7 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
             else:
                 x = block(x, encoder_hidden_states, temb, T)
 
+        x = self.gather_tokens(x.view(B, T, -1, D)).flatten(1, 2)  # (B, T*S, D)
         shift, scale = (self.scale_shift_out[None] + t_emb[:, None]).unbind(1)  # (B, D) each
         x = self._per_token(lambda s: self.proj_out(modulate(self.norm_out(x[:, s]), shift[:, None], scale[:, None])),
                             T * h * w)  # (B, T*S, p*p*C_out)

@@ -34,6 +34,7 @@ from diffusers.utils import BaseOutput
 from reelkit.conventions import TEMPORAL_FACTOR, is_valid_frame_count
 from reelkit.errors import ReelkitError, ShapeError
 from reelkit.models.text import encode_prompts, prepare_prompt
+from reelkit.parallel import check_token_split
 from reelkit.paths import ASSETS_DIR
 
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
@@ -126,6 +127,7 @@ class TextToVideoPipeline(DiffusionPipeline):
                         generator, latents: torch.Tensor | None = None) -> torch.Tensor:
         shape = (batch_size, self.transformer.config.in_channels, (num_frames - 1) // TEMPORAL_FACTOR + 1,
                  height // self.vae.spatial_compression, width // self.vae.spatial_compression)
+        check_token_split(self.transformer, shape)  # under context parallelism: one error on every rank, no hang
         if latents is not None:
             if tuple(latents.shape) != shape:
                 raise ShapeError(f"latents must have shape {shape}, got {tuple(latents.shape)}")

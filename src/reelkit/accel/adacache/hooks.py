@@ -22,6 +22,7 @@ from reelkit.accel._diffusers_compat import (
 )
 from reelkit.accel.adacache.config import AdaCacheConfig, AdaCacheError, Codebook
 from reelkit.accel.adacache.models import AdaCacheModelSpec, cached_blocks, model_spec
+from reelkit.parallel import all_gather_cat, all_reduce_sum, parallel_group
 
 _MODEL_HOOK = "ada_cache_model"
 _BLOCK_HOOK = "ada_cache_block"
@@ -119,6 +120,8 @@ class _Run:
     num_frames: int = 1
     step: int = 0
     captured: dict[str, torch.Tensor] = field(default_factory=dict)
+    group: object | None = None  # the context-parallel process group the decisions are reduced over
+    frames_local: bool = True  # under context parallelism, does each rank hold whole frame sequences?
 
     @property
     def active(self) -> torch.Tensor:
@@ -169,6 +172,8 @@ class AdaCacheModelHook(step_hooks.StepAwareModelHook):
         self.stats.setdefault(context.name, {})[step] = schedule.active.tolist()
 
         self.run.schedule, self.run.context, self.run.step, self.run.batch = schedule, context.name, step, batch
+        self.run.group = parallel_group(module)
+        self.run.frames_local = self.spec.frames_local_under_parallelism
         self.run.num_frames = int(self.spec.num_frames(module, hidden_states, arguments))
 
 
@@ -297,7 +302,11 @@ class AdaCacheBlockHook(ModelHook):
         return tuple(output)
 
     def _observe(self, state: _BlockState, p: torch.Tensor, active: torch.Tensor) -> None:
-        """The change metric c_t (and the motion score for MoReg) of the monitored residual ``p``."""
+        """The change metric c_t (and the motion score for MoReg) of the monitored residual ``p``.
+
+        Both are ratios of sums over the tokens; under context parallelism each rank holds a share of the tokens,
+        so the sums are added over the ranks (one small all-reduce) before dividing, and every rank reads the
+        single-process metric and takes the same decision."""
         run, config = self.run, self.config
         rows = active.numel()
         p = p.detach().float()
@@ -305,31 +314,40 @@ class AdaCacheBlockHook(ModelHook):
         if state.monitor_previous is not None and state.monitor_previous.shape == p.shape:
             previous = state.monitor_previous
             k = (step - state.monitor_step).clamp(min=1).float()
-            change, size = _distance(previous - p, config.norm), _distance(previous, config.norm)
-            change, size = _pool(change, rows), _pool(size, rows)
+            sums = [_pool(_distance(previous - p, config.norm), rows), _pool(_distance(previous, config.norm), rows)]
+            if config.moreg or self.record_motion:
+                sums += self._motion_sums(p, rows)
+            sums = all_reduce_sum(torch.stack(sums), run.group)  # (2 + 2 * strides, rows)
+            change, size = sums[0], sums[1]
             if config.norm == "l2":
                 change, size = change.sqrt(), size.sqrt()
             metric = change / size.clamp(min=1e-12) / k
-            motion = self._motion(p, rows) if config.moreg or self.record_motion else None
+            motion = None
+            if len(sums) > 2:
+                energy, scale = sums[2::2], sums[3::2]
+                motion = (energy / scale.clamp(min=1e-12)).mean(0)
             self.run.schedule.observe(active & (state.monitor_step >= 0), metric, motion)
             state.monitor_previous = _select(active, p, previous, run.batch)
             state.monitor_step = torch.where(active, step, state.monitor_step)
         else:
             state.monitor_previous, state.monitor_step = p, torch.where(active, step, -1)
 
-    def _motion(self, p: torch.Tensor, rows: int) -> torch.Tensor | None:
-        frames = _frames(p, self.run.batch, self.run.num_frames, self.layout)  # (B, T, X)
-        if frames is None:
-            return None
-        scores = []
-        for stride in self.config.moreg_strides:
+    def _motion_sums(self, p: torch.Tensor, rows: int) -> list[torch.Tensor]:
+        """MoReg's frame-difference energy and its scale, ``[energy, scale]`` per usable stride, each ``(rows,)``."""
+        run = self.run
+        if not run.frames_local:  # the ranks split the token sequence across frames: reassemble it to compare frames
+            p = all_gather_cat(p, run.group, dim=1)
+        frames = _frames(p, run.batch, run.num_frames, self.layout)  # (B, T, X)
+        sums = []
+        for stride in self.config.moreg_strides if frames is not None else ():
             if stride >= frames.shape[1]:
                 continue
             later, earlier = frames[:, stride:], frames[:, :-stride]
-            energy = _pool((later - earlier).abs().flatten(1).sum(1), rows)
-            scale = _pool(later.abs().flatten(1).sum(1) + earlier.abs().flatten(1).sum(1), rows)
-            scores.append(energy / scale.clamp(min=1e-12))
-        return torch.stack(scores).mean(0) if scores else None
+            sums.append(_pool((later - earlier).abs().flatten(1).sum(1), rows))
+            sums.append(_pool(later.abs().flatten(1).sum(1) + earlier.abs().flatten(1).sum(1), rows))
+        if not run.frames_local and run.group is not None and torch.distributed.get_rank(run.group) != 0:
+            sums = [torch.zeros_like(piece) for piece in sums]  # every rank holds the whole sums: count them once
+        return sums
 
 
 def _distance(x: torch.Tensor, norm: str) -> torch.Tensor:

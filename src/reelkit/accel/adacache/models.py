@@ -34,6 +34,9 @@ class AdaCacheModelSpec:
         layouts: token layout of residuals, by block-name prefix or residual-branch name: ``"tokens"``
             ``(B, T*S, C)``, ``"spatial"`` ``(B*T, S, C)`` or ``"temporal"`` ``(B*S, T, C)``. Unlisted
             residuals are recognised by shape, which is ambiguous when ``S == T``.
+        frames_local_under_parallelism: whether the model's context-parallel plan leaves every rank whole frame
+            sequences (VideoDiT splits each frame's locations); otherwise MoReg gathers the monitored residual to
+            compare frames (diffusers' plans split the token sequence, e.g. Wan).
     """
 
     num_frames: Callable[[nn.Module, torch.Tensor, dict[str, Any]], int] = _frames_from_5d
@@ -41,6 +44,7 @@ class AdaCacheModelSpec:
     monitor_residual: str = "block"
     hidden_states_argument: str = "hidden_states"
     layouts: dict[str, str] = field(default_factory=dict)
+    frames_local_under_parallelism: bool = False
 
     def layout(self, block_name: str, residual: str) -> str | None:
         if residual in self.layouts:
@@ -102,7 +106,8 @@ def _register_known_models() -> None:
     from reelkit.models.dit import VideoDiT  # the paper's default monitor: a middle block's temporal attention
 
     register_ada_cache_model(VideoDiT, AdaCacheModelSpec(monitor_residual="attn_temporal",
-                                                         layouts={"attn_temporal": "temporal"}))
+                                                         layouts={"attn_temporal": "temporal"},
+                                                         frames_local_under_parallelism=True))
 
 
 

@@ -42,6 +42,7 @@ SUITES: dict[str, str] = {
     "memory": "reelkit.eval.bench.memory",
     "distill": "reelkit.eval.bench.distill",
     "mardini": "reelkit.eval.bench.mardini",
+    "parallel": "reelkit.eval.bench.parallel",
     "studio": "reelkit.studio.bench",  # lives with the studio (a layer above eval), loaded by name
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
