@@ -3,15 +3,12 @@ the split model equals the model alone, and the caches take the same decisions o
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_torchrun  # tests/parallel/conftest.py
 from reelkit.metrics import video_psnr
 from reelkit.parallel import ParallelError, enable_context_parallel, parse_parallel
 
@@ -19,19 +16,10 @@ WORKER = Path(__file__).with_name("worker.py")
 PIPELINE_SCENARIOS = ("plain", "adacache", "adacache_moreg", "adacache_per_sample", "step_rehash")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("parallel")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(WORKER), str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)  # a hang fails here
+    done = run_torchrun(WORKER, out)
     assert done.returncode == 0, done.stderr[-4000:]
     return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
 
@@ -77,6 +65,7 @@ def test_rank_dependent_inputs_do_not_make_the_ranks_diverge(ranks):
     ("odd_size", "do not split over 2 processes"),
     ("ring_on_cpu", "ring attention needs"),
     ("too_many", "ulysses=3"),
+    ("backend", "does not support context parallelism"),
     ("first_block_cache", "not consistent under context parallelism"),
 ])
 def test_bad_settings_are_one_line_errors_on_every_rank(ranks, case, words):

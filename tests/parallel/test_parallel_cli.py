@@ -3,11 +3,6 @@ settings end every rank with one ``error:`` line and exit code 2 (no hang)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-
 import pytest
 
 from reelkit.data.video_io import read_video
@@ -16,37 +11,27 @@ SMALL = ("--frames", "5", "--size", "32", "--steps", "3")
 PROMPT = "a red circle moving right"
 
 
-def _torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-               str(port), "-m", "reelkit", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
-def test_two_processes_write_the_clip_one_process_writes(cli, model_dir, tmp_path):
+def test_two_processes_write_the_clip_one_process_writes(cli, torchrun, model_dir, tmp_path):
     code, _, err = cli("generate", PROMPT, "-o", tmp_path / "alone.mp4", "--model", model_dir, "--cache", "adacache",
                        *SMALL)
     assert code == 0, err
-    done = _torchrun("generate", PROMPT, "-o", tmp_path / "split.mp4", "--model", model_dir, "--cache", "adacache",
-                     "--parallel", "ulysses=2", *SMALL)
+    done = torchrun("-m", "reelkit", "generate", PROMPT, "-o", tmp_path / "split.mp4", "--model", model_dir,
+                    "--cache", "adacache", "--parallel", "ulysses=2", *SMALL)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1  # the group's first rank writes and reports, once
     assert (tmp_path / "split.mp4").read_bytes() == (tmp_path / "alone.mp4").read_bytes()
     assert read_video(tmp_path / "split.mp4").shape == (3, 5, 32, 32)
 
 
-def test_batch_mode_shares_prompts_and_writes_each_clip_once(model_dir, tmp_path):
+def test_batch_mode_shares_prompts_and_writes_each_clip_once(torchrun, model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moving right\na blue star spinning\n")
-    done = _torchrun("generate", "--prompts", prompts, "--out-dir", tmp_path / "out", "--model", model_dir,
-                     "--parallel", "ulysses=2", *SMALL)
+    done = torchrun("-m", "reelkit", "generate", "--prompts", prompts, "--out-dir", tmp_path / "out",
+                    "--model", model_dir, "--parallel", "ulysses=2", *SMALL)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "0000_a-red-circle-moving-right.mp4", "0001_a-blue-star-spinning.mp4"]
@@ -57,11 +42,11 @@ def test_batch_mode_shares_prompts_and_writes_each_clip_once(model_dir, tmp_path
     (("--parallel", "ring=2"), "ring attention needs"),
     (("--parallel", "ulysses=4"), "one prompt runs on one group of 4 processes, not 2"),
 ])
-def test_bad_parallel_settings_end_every_rank_with_one_error_line(model_dir, tmp_path, args, words):
+def test_bad_parallel_settings_end_every_rank_with_one_error_line(torchrun, model_dir, tmp_path, args, words):
     options = dict(zip(("--frames", "--size", "--steps", "--parallel"), ("5", "32", "2", "ulysses=2"), strict=True))
     options.update(dict(zip(args[::2], args[1::2], strict=True)))
-    done = _torchrun("generate", PROMPT, "-o", tmp_path / "x.mp4", "--model", model_dir,
-                     *[item for pair in options.items() for item in pair])
+    done = torchrun("-m", "reelkit", "generate", PROMPT, "-o", tmp_path / "x.mp4", "--model", model_dir,
+                    *[item for pair in options.items() for item in pair])
     assert done.returncode != 0
     errors = _errors(done.stderr)
     assert len(errors) == 2 and errors[0] == errors[1] and words in errors[0], done.stderr[-3000:]

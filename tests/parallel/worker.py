@@ -130,6 +130,11 @@ def refusals() -> dict:
     def too_many():
         enable_context_parallel(tiny_pipeline().transformer, "ulysses", 3)
 
+    def backend_without_context_parallelism():
+        model = tiny_pipeline().transformer
+        model.set_attention_backend("_native_math")
+        enable_context_parallel(model, "ulysses", 2)
+
     def first_block_cache():
         from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 
@@ -138,7 +143,7 @@ def refusals() -> dict:
         enable_context_parallel(model, "ulysses", 2)
 
     for name, fn in (("odd_size", odd_size), ("ring_on_cpu", ring_on_cpu), ("too_many", too_many),
-                     ("first_block_cache", first_block_cache)):
+                     ("backend", backend_without_context_parallelism), ("first_block_cache", first_block_cache)):
         attempt(name, fn)
     return found
 
