@@ -13,7 +13,7 @@ from reelkit.metrics import video_psnr
 from reelkit.parallel import ParallelError, enable_context_parallel, parse_parallel
 
 WORKER = Path(__file__).with_name("worker.py")
-PIPELINE_SCENARIOS = ("plain", "adacache", "adacache_moreg", "adacache_per_sample", "step_rehash")
+PIPELINE_SCENARIOS = ("plain", "adacache", "adacache_moreg", "adacache_per_sample", "step_rehash", "feature_slicing")
 
 
 @pytest.fixture(scope="module")

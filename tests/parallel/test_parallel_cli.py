@@ -41,6 +41,7 @@ def test_batch_mode_shares_prompts_and_writes_each_clip_once(torchrun, model_dir
     (("--size", "16"), "do not split over 2 processes"),
     (("--parallel", "ring=2"), "ring attention needs"),
     (("--parallel", "ulysses=4"), "one prompt runs on one group of 4 processes, not 2"),
+    (("--slice", "auto"), "give a chunk count"),
 ])
 def test_bad_parallel_settings_end_every_rank_with_one_error_line(torchrun, model_dir, tmp_path, args, words):
     options = dict(zip(("--frames", "--size", "--steps", "--parallel"), ("5", "32", "2", "ulysses=2"), strict=True))

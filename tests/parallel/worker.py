@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from reelkit.accel.adacache import AdaCacheConfig, ada_cache_stats, apply_ada_cache
+from reelkit.accel.slicing import SlicingConfig, apply_feature_slicing
 from reelkit.accel.step_rehash import StepRehashConfig, apply_step_rehash, step_rehash_stats
 from reelkit.parallel import ParallelError, enable_context_parallel
 from reelkit.pipelines.text_to_video import tiny_pipeline
@@ -51,6 +52,8 @@ def pipeline_scenarios() -> dict:
         "adacache_per_sample": lambda model: apply_ada_cache(model, AdaCacheConfig(codebook=CODEBOOK,
                                                                                   per_sample=True)),
         "step_rehash": lambda model: apply_step_rehash(model, StepRehashConfig(key_steps=(0, 3, 6))),
+        "feature_slicing": lambda model: apply_feature_slicing(model, SlicingConfig(frame_chunks=2,
+                                                                                    spatial_chunks=2)),
     }
     results = {}
     for name, accelerate in scenarios.items():

@@ -81,6 +81,9 @@ def generate(
         if launched_processes() <= 1:
             raise ParallelError(f"--parallel {parallel} needs several processes: launch with torchrun "
                                 f"--nproc_per_node {parallel_setting[1]} -m reelkit generate ...")
+        if slice_ is not None and not slice_.strip().isdigit():
+            raise ParallelError(f"--slice {slice_} plans chunks from each process's own memory; under --parallel "
+                                "give a chunk count (--slice 8), so every rank slices alike")
         if not batch and launched_processes() != parallel_setting[1]:
             raise ParallelError(f"one prompt runs on one group of {parallel_setting[1]} processes, not "
                                 f"{launched_processes()}: launch --nproc_per_node {parallel_setting[1]}, or "
