@@ -189,6 +189,11 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     classifier-free guidance scale ``guidance`` (B,), embedded like a timestep (of ``(w - 1) * 1000``) and
     added through ``time_embedding.cond_proj`` (LCM's ``time_cond_proj``), zero at initialisation so the
     student starts as its teacher. That layer is part of the weights, so it is saved and loaded with them.
+
+    ``pooled_text=True`` also adds the mean of the text states, projected, to the timestep embedding that
+    modulates every block (the pooled text vector of SD3 and Flux): each token then reads the whole caption in
+    its scale and shift, not only through cross-attention. The projection starts at zero, so a model warm-started
+    from one without it starts as that model.
     """
 
     _supports_gradient_checkpointing = True
@@ -206,7 +211,7 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     def __init__(self, in_channels: int = 8, out_channels: int | None = None, patch_size: int = 2,
                  num_layers: int = 8, num_attention_heads: int = 4, attention_head_dim: int = 48,
                  text_dim: int = 128, mlp_ratio: float = 4.0, sample_size: int = 8, frequency_dim: int = 256,
-                 guidance_embed: bool = False):
+                 guidance_embed: bool = False, pooled_text: bool = False):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
@@ -215,6 +220,7 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         self.time_embedding = TimestepEmbedding(frequency_dim, dim,
                                                 cond_proj_dim=frequency_dim if guidance_embed else None)
         self.time_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * NUM_BRANCHES * dim))
+        self.text_pool = nn.Linear(text_dim, dim) if pooled_text else None
         self.shard_tokens, self.gather_tokens = nn.Identity(), nn.Identity()  # context-parallel split and gather
         self.transformer_blocks = nn.ModuleList(
             VideoDiTBlock(dim, num_attention_heads, attention_head_dim, text_dim, mlp_ratio) for _ in range(num_layers))
@@ -232,6 +238,9 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         nn.init.zeros_(self.proj_out.bias)
         if self.time_embedding.cond_proj is not None:
             nn.init.zeros_(self.time_embedding.cond_proj.weight)
+        if self.text_pool is not None:
+            nn.init.zeros_(self.text_pool.weight)
+            nn.init.zeros_(self.text_pool.bias)
         for block in self.transformer_blocks:
             block.scale_shift_table.data[2::3].zero_()  # gates
 
@@ -291,9 +300,10 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
 
         timestep = torch.as_tensor(timestep, device=x.device, dtype=torch.float32).expand(B)
         t_emb = self.time_embedding(self.time_proj(timestep).to(x.dtype), self._guidance_condition(guidance, B, x))
-        # t_emb: (B, D)
-        temb = self.time_modulation(t_emb)  # (B, 12*D)
         encoder_hidden_states = encoder_hidden_states.to(x.dtype)
+        if self.text_pool is not None:
+            t_emb = t_emb + self.text_pool(encoder_hidden_states.mean(1))  # (B, D): the caption as a whole
+        temb = self.time_modulation(t_emb)  # (B, 12*D)
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, encoder_hidden_states, temb, T)
