@@ -25,8 +25,8 @@ def generate(
                                                  "existing ones are skipped.")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: 4 for a distilled student, 50 for "
                                               "the teacher).")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off; a distilled student "
-                                            "takes it as an input).")] = 5.0,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (1 = off; a distilled "
+                                                   "student takes it as an input; default 5).")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed (batch mode: seed + line index).")] = 0,
     frames: Annotated[int, typer.Option(help="Frame count, 1+4k.")] = 17,
     size: Annotated[int, typer.Option(help="Height and width, a multiple of 16.")] = 64,
@@ -48,6 +48,8 @@ def generate(
     slice_: Annotated[str | None, typer.Option("--slice", help="Feature Slicing (exact, lower peak memory): N "
                                                "chunks, a budget such as 2GiB, or auto (fit the free memory).")
                       ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe from 'reelkit tune': its model, steps, guidance "
+                                                "and accelerators.")] = None,
     parallel: Annotated[str | None, typer.Option(help="Context parallelism: ulysses=N or ring=N splits each "
                                                  "video's tokens over N processes (torchrun --nproc_per_node N "
                                                  "-m reelkit generate ...); batch mode gives each group of N "
@@ -68,6 +70,17 @@ def generate(
         raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
     if steps is not None and steps < 1:
         raise ReelkitError(f"--steps must be at least 1, got {steps}")
+    loaded_recipe = None
+    if recipe is not None:
+        from reelkit.accel.recipe import load_recipe
+
+        if cache or codebook or moreg or rehash or rehash_schedule or slice_ or steps or guidance:
+            raise ReelkitError("--recipe sets the steps, guidance and accelerators; give it alone (or drop it)")
+        loaded_recipe = load_recipe(recipe)
+        steps, guidance, model = loaded_recipe.steps, loaded_recipe.guidance, model or loaded_recipe.model
+        cache, moreg, rehash, slice_ = loaded_recipe.cache, loaded_recipe.moreg, loaded_recipe.rehash, \
+            loaded_recipe.slicing
+    guidance = 5.0 if guidance is None else guidance
     check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
     check_number("--fps", fps, 0.1, 1000.0)
     check_seed(seed)
@@ -120,6 +133,11 @@ def generate(
         console.quiet = not writer
     steps = steps or (FEW_STEPS if pipe.consistency_sampling else 50)
     settings = GenerationSettings(steps, guidance, seed, frames, size, negative_prompt, fps)
+    if loaded_recipe is not None:
+        from reelkit.accel.recipe import check_recipe_model
+
+        check_recipe_model(pipe, loaded_recipe)
+        console.print(f"recipe {recipe}: {loaded_recipe.describe()}", highlight=False)
     options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_)
     applied = apply_acceleration(pipe, options, steps, bundled_teacher=model in (None, "teacher"))
     cache_config, rehash_config, slicing_config = applied.cache, applied.rehash, applied.slicing

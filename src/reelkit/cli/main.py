@@ -15,6 +15,7 @@ from reelkit.cli import (  # noqa: F401  (each module registers its commands on 
     mardini,
     studio,
     train,
+    tune,
     vae,
     video,
     world,

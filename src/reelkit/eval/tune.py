@@ -1,0 +1,259 @@
+"""``reelkit tune``: the fastest mix of steps, guidance and accelerators that keeps a quality (and memory) target.
+
+Every candidate is measured by real generations on the user's prompts against a reference (by default the
+teacher at 50 steps, same seeds): median seconds a clip, mean PSNR against the reference clips, optionally the
+judge's adherence and the peak memory. The fastest candidate that meets every target wins; it is measured again
+on held-out prompts that the search never saw, and both figures go into the :class:`~reelkit.accel.recipe.Recipe`.
+Measurements are kept in a state file beside the recipe as they are made, so an interrupted search resumes.
+
+>>> from reelkit.eval.tune import candidates
+>>> [c.key() for c in candidates(["student"])][:2]
+['student/2/g5', 'student/4/g5']
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from reelkit.accel.options import AccelerationOptions, apply_acceleration, remove_acceleration
+from reelkit.accel.recipe import Recipe, model_fingerprint
+from reelkit.errors import ReelkitError
+from reelkit.files import atomic_path
+from reelkit.metrics import video_psnr
+
+TEACHER_STEPS = (50, 40, 30, 25, 20, 15)
+STUDENT_STEPS = (2, 4, 8)
+REHASH_FRACTIONS = (0.2, 0.3, 0.4, 0.5)  # Step Rehash budgets: these shares of the steps run the full model
+SLICE_CHUNKS = ("2", "4", "8")
+MAX_PSNR = 100.0
+
+
+class TuneError(ReelkitError):
+    """Targets out of range or out of reach (one ``error:`` line on the command line)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to generate: a model, its steps and guidance, and the accelerators on it."""
+
+    model: str
+    steps: int
+    guidance: float = 5.0
+    cache: str | None = None
+    moreg: bool = False
+    rehash: int | None = None
+    slicing: str | None = None
+
+    def key(self) -> str:
+        parts = [self.model, str(self.steps), f"g{self.guidance:g}"]
+        parts += [p for p in (self.cache, "moreg" if self.moreg else None,
+                              f"rehash{self.rehash}" if self.rehash else None,
+                              f"slice{self.slicing}" if self.slicing else None) if p]
+        return "/".join(parts)
+
+    def options(self) -> AccelerationOptions:
+        return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing)
+
+
+def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequence[int] = TEACHER_STEPS
+               ) -> list[Candidate]:
+    """The search space: a many-step model (the teacher, or a folder) at each of ``steps_choices``, alone, with
+    AdaCache (fast, slow, with MoReg) or with Step Rehash budgets; the few-step student at 2, 4 and 8 steps
+    (caches give nothing at a few steps)."""
+    found = []
+    for model in models:
+        if model == "student":
+            found += [Candidate(model, steps, guidance) for steps in STUDENT_STEPS]
+            continue
+        for steps in steps_choices:
+            found.append(Candidate(model, steps, guidance))
+            found += [Candidate(model, steps, guidance, cache=c) for c in ("adacache-fast", "adacache-slow")]
+            found.append(Candidate(model, steps, guidance, cache="adacache-fast", moreg=True))
+            budgets = sorted({max(2, round(steps * share)) for share in REHASH_FRACTIONS})
+            found += [Candidate(model, steps, guidance, rehash=k) for k in budgets if k < steps]
+    return found
+
+
+@dataclass
+class TuneSettings:
+    frames: int = 17
+    size: int = 64
+    seed: int = 0
+    target_psnr: float = 30.0
+    target_adherence: float | None = None
+    max_memory: int | None = None  # bytes
+
+
+def check_targets(settings: TuneSettings) -> None:
+    if not 10 <= settings.target_psnr <= 60:
+        raise TuneError(f"--target-psnr must lie in 10 .. 60 dB, got {settings.target_psnr:g}")
+    if settings.target_adherence is not None and not 0 < settings.target_adherence <= 1:
+        raise TuneError(f"--target-adherence must lie in (0, 1], got {settings.target_adherence:g}")
+    if settings.max_memory is not None and settings.max_memory <= 0:
+        raise TuneError("--max-memory must be a positive size such as 4GiB")
+
+
+class _State:
+    """Measured figures by (prompt set, candidate key), saved after each measurement: a search resumes."""
+
+    def __init__(self, path: Path | None, fingerprint: dict):
+        self.path, self.data = path, {"fingerprint": fingerprint, "measured": {}}
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                saved = {}
+            if saved.get("fingerprint") == fingerprint:
+                self.data = saved
+
+    def get(self, key: str) -> dict | None:
+        return self.data["measured"].get(key)
+
+    def put(self, key: str, figures: dict) -> None:
+        self.data["measured"][key] = figures
+        if self.path is not None:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(self.data, indent=1))
+
+
+class Tuner:
+    """Measures candidates on prompts against reference clips; ``load(model)`` returns a pipeline by name."""
+
+    def __init__(self, load: Callable[[str], object], settings: TuneSettings, reference: tuple[str, int],
+                 guidance: float = 5.0, judge=None, state_path: str | Path | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self.load, self.settings, self.reference, self.judge = load, settings, reference, judge
+        self.guidance = guidance
+        self.pipes: dict[str, object] = {}
+        self.references: dict[tuple, torch.Tensor] = {}
+        self.say = progress or (lambda message: None)
+        fingerprint = {"settings": asdict(settings), "reference": list(reference), "guidance": guidance}
+        self.state = _State(Path(state_path) if state_path else None, fingerprint)
+
+    def pipe(self, model: str):
+        if model not in self.pipes:
+            self.pipes[model] = self.load(model)
+        return self.pipes[model]
+
+    def _clips(self, candidate: Candidate, prompts: Sequence[str]) -> tuple[torch.Tensor, list[float]]:
+        s = self.settings
+        pipe = self.pipe(candidate.model)
+        apply_acceleration(pipe, candidate.options(), candidate.steps, bundled_teacher=candidate.model == "teacher")
+        try:
+            clips, seconds = [], []
+            for index, prompt in enumerate(prompts):
+                start = time.perf_counter()
+                clips.append(pipe(prompt, num_frames=s.frames, height=s.size, width=s.size,
+                                  num_inference_steps=candidate.steps, guidance_scale=candidate.guidance,
+                                  generator=torch.Generator().manual_seed(s.seed + index)).frames[0].float().cpu())
+                seconds.append(time.perf_counter() - start)
+            return torch.stack(clips), seconds
+        finally:
+            remove_acceleration(pipe)
+
+    def reference_clips(self, prompts: Sequence[str]) -> torch.Tensor:
+        key = tuple(prompts)
+        if key not in self.references:
+            model, steps = self.reference
+            self.references[key], _ = self._clips(Candidate(model, steps, self.guidance), prompts)
+        return self.references[key]
+
+    def measure(self, candidate: Candidate, prompts: Sequence[str], label: str = "search") -> dict:
+        """Figures of ``candidate`` on ``prompts`` (from the state when already measured)."""
+        key = f"{label}:{candidate.key()}"
+        saved = self.state.get(key)
+        if saved is not None:
+            return saved
+        references = self.reference_clips(prompts)
+        self._clips(candidate, prompts[:1])  # warm-up
+        clips, seconds = self._clips(candidate, prompts)
+        figures = {"latency_s": statistics.median(seconds),
+                   "psnr_db": statistics.fmean(min(video_psnr(a, b), MAX_PSNR) for a, b in zip(clips, references,
+                                                                                               strict=True))}
+        if self.judge is not None:
+            from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
+
+            seen, _ = judge_clips(self.judge, clips)
+            scores = mean_adherence(prompt_adherence(p, o) for p, o in zip(prompts, seen, strict=True))
+            figures["adherence"] = statistics.fmean(scores[k] for k in ("shape", "color", "motion", "count"))
+        if self.settings.max_memory is not None:
+            from reelkit.memory import peak_memory_bytes
+
+            pipe = self.pipe(candidate.model)
+            apply_acceleration(pipe, candidate.options(), candidate.steps,
+                               bundled_teacher=candidate.model == "teacher")
+            try:
+                s = self.settings
+                figures["peak_mem_bytes"] = peak_memory_bytes(
+                    lambda: pipe(prompts[0], num_frames=s.frames, height=s.size, width=s.size,
+                                 num_inference_steps=candidate.steps, guidance_scale=candidate.guidance),
+                    pipe.transformer, pipe.vae)
+            finally:
+                remove_acceleration(pipe)
+        self.state.put(key, figures)
+        return figures
+
+    def meets(self, figures: dict) -> bool:
+        s = self.settings
+        return (figures["psnr_db"] >= s.target_psnr
+                and (s.target_adherence is None or figures.get("adherence", 0.0) >= s.target_adherence)
+                and (s.max_memory is None or figures.get("peak_mem_bytes", 0) <= s.max_memory))
+
+    def fit_memory(self, candidate: Candidate, prompts: Sequence[str]) -> tuple[Candidate, dict]:
+        """``candidate`` as measured, or with the fewest Feature Slicing chunks that bring it under the budget."""
+        figures = self.measure(candidate, prompts)
+        if self.settings.max_memory is None or figures["peak_mem_bytes"] <= self.settings.max_memory:
+            return candidate, figures
+        for chunks in SLICE_CHUNKS:
+            sliced = replace(candidate, slicing=chunks)
+            sliced_figures = self.measure(sliced, prompts)
+            if sliced_figures["peak_mem_bytes"] <= self.settings.max_memory:
+                return sliced, sliced_figures
+        return sliced, sliced_figures
+
+    def search(self, space: Sequence[Candidate], prompts: Sequence[str], heldout: Sequence[str]) -> Recipe:
+        """Measure every candidate, keep the fastest that meets the targets, re-check it on ``heldout``."""
+        results = []
+        for number, candidate in enumerate(space, 1):
+            fitted, figures = self.fit_memory(candidate, prompts)
+            results.append((fitted, figures))
+            self.say(f"[{number}/{len(space)}] {fitted.key()}: {figures['latency_s']:.2f} s, "
+                     f"{figures['psnr_db']:.1f} dB" + ("" if self.meets(figures) else " (misses)"))
+        passing = [(c, f) for c, f in results if self.meets(f)]
+        if not passing:
+            best_psnr = max(f["psnr_db"] for _, f in results)
+            smallest = min((f.get("peak_mem_bytes") for _, f in results if "peak_mem_bytes" in f), default=None)
+            reach = f"best PSNR reached {best_psnr:.1f} dB"
+            if smallest is not None:
+                reach += f", smallest peak memory reached {smallest / 2**30:.2f} GiB"
+            raise TuneError(f"no candidate meets the targets ({reach}); relax --target-psnr or --max-memory")
+        chosen, figures = min(passing, key=lambda item: item[1]["latency_s"])
+        baseline = self.measure(Candidate(*self.reference, self.guidance), prompts)
+        held = self.measure(chosen, heldout, label="heldout")
+        held_baseline = self.measure(Candidate(*self.reference, self.guidance), heldout, label="heldout")
+        singles = [f for c, f in passing if sum(bool(x) for x in (c.cache, c.rehash, c.slicing)) <= 1]
+        best_single = min((f["latency_s"] for f in singles), default=None)
+        s = self.settings
+        return Recipe(
+            model=chosen.model, fingerprint=model_fingerprint(self.pipe(chosen.model).transformer),
+            steps=chosen.steps, guidance=chosen.guidance, cache=chosen.cache, moreg=chosen.moreg,
+            rehash=chosen.rehash, slicing=chosen.slicing,
+            measured={"search": {**figures, "speedup": baseline["latency_s"] / figures["latency_s"],
+                                 "prompts": len(prompts)},
+                      "heldout": {**held, "speedup": held_baseline["latency_s"] / held["latency_s"],
+                                  "prompts": len(heldout), "meets_targets": self.meets(held)},
+                      "best_single_technique_latency_s": best_single,
+                      "candidates": {c.key(): f for c, f in results}},
+            targets={"psnr_db": s.target_psnr, "adherence": s.target_adherence, "max_memory_bytes": s.max_memory,
+                     "reference": f"{self.reference[0]}@{self.reference[1]}", "frames": s.frames, "size": s.size},
+        )
+
+
+__all__ = ["Candidate", "TuneError", "TuneSettings", "Tuner", "candidates", "check_targets"]
