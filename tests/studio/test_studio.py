@@ -22,10 +22,10 @@ def studio(free_port):
 
 
 def generate(client, prompt, cache="off", codebook=None, moreg=False, rehash=0, slicing=False, compare=False,
-             model="teacher", **settings):
+             recipe=None, model="teacher", **settings):
     s = {**SMALL, **settings}
     return client.predict(prompt, "", model, s["steps"], s["guidance"], s["seed"], s["frames"], s["size"], cache,
-                          codebook, moreg, rehash, slicing, compare, api_name="/generate")
+                          codebook, moreg, rehash, slicing, compare, recipe, api_name="/generate")
 
 
 def test_the_page_serves_on_localhost_and_compares_accelerated_with_plain(studio):
@@ -69,6 +69,23 @@ def test_a_codebook_upload_is_used_and_a_file_that_is_not_one_is_refused(studio,
     assert result[0] is None and "codebook" in result[3].lower()
     result = generate(client, "a red circle", codebook=gradio_client.handle_file(str(good)), steps=8)
     assert result[3] == "" and "all computed" not in result[2] and count_frames(result[0])[0] == 9
+
+
+def test_a_recipe_upload_sets_steps_and_accelerators_and_a_foreign_one_is_refused(studio, tmp_path):
+    from reelkit.accel.recipe import Recipe, model_fingerprint
+    from reelkit.pipelines.text_to_video import load_text_to_video
+
+    _, client = studio
+    fingerprint = model_fingerprint(load_text_to_video("teacher").transformer)
+    good = Recipe(model="teacher", fingerprint=fingerprint, steps=6, guidance=4.0, cache="adacache-fast")
+    good.save(tmp_path / "recipe.json")
+    result = generate(client, "a red circle", recipe=gradio_client.handle_file(str(tmp_path / "recipe.json")),
+                      steps=30)
+    assert result[3] == "" and "| 12 / 0 |" in result[2]  # 6 steps of the recipe, 2 calls each, cache on
+    assert count_frames(result[0])[0] == 9
+    Recipe(model="teacher", fingerprint="another", steps=6, guidance=4.0).save(tmp_path / "other.json")
+    result = generate(client, "a red circle", recipe=gradio_client.handle_file(str(tmp_path / "other.json")))
+    assert result[0] is None and "tuned for another model" in result[3]
 
 
 def test_the_cli_refuses_bad_options(cli, one_line_error):
@@ -151,7 +168,7 @@ def test_past_the_bounded_queue_the_page_says_it_is_busy(another_port):
     try:
         client = gradio_client.Client(url, verbose=False)
         jobs = [client.submit("a red circle moving right", "", "teacher", 30, 5.0, seed, 17, 64, "off", None, False,
-                              0, False, True, api_name="/generate") for seed in range(4)]
+                              0, False, True, None, api_name="/generate") for seed in range(4)]
         outcomes = []
         for job in jobs:
             try:

@@ -168,14 +168,24 @@ def build_app(model: str | None = None, max_queue: int = 4, root: str | Path | N
     choices = list(MODELS) + ([str(model)] if model and model not in MODELS else [])
 
     def generate(prompt, negative, model_name, steps, guidance, seed, frames, size, cache, codebook, moreg,
-                 rehash, slicing, compare, folder, progress=gr.Progress()):  # noqa: B008 (gradio)
+                 rehash, slicing, compare, recipe, folder, progress=gr.Progress()):  # noqa: B008 (gradio)
         try:
             options = AccelerationOptions(cache=None if cache == "off" else cache, codebook=codebook, moreg=bool(moreg),
                                           rehash=int(rehash) or None, slicing="auto" if slicing else None)
             if options.codebook and options.cache is None:
                 options.cache = "adacache"
+            tuned = None
+            if recipe:  # a recipe from reelkit tune replaces the steps, guidance and accelerators
+                from reelkit.accel.recipe import load_recipe
+
+                tuned = load_recipe(recipe)
+                steps, guidance, options = tuned.steps, tuned.guidance, tuned.options()
             with generator.lock:
                 pipe = generator.pipe(model_name)
+                if tuned is not None:
+                    from reelkit.accel.recipe import check_recipe_model
+
+                    check_recipe_model(pipe, tuned)
                 steps, seed, frames, size = int(steps), int(seed), int(frames), int(size)
                 pipe.check_inputs(prompt, negative or None, frames, size, size, steps, float(guidance), "pt")
                 total = steps * (2 if compare else 1)
@@ -224,6 +234,8 @@ def build_app(model: str | None = None, max_queue: int = 4, root: str | Path | N
                             slicing = gr.Checkbox(label="Feature Slicing")
                         codebook = gr.File(label="AdaCache codebook (JSON upload)", file_types=[".json"],
                                            type="filepath", height=90)
+                        recipe = gr.File(label="Recipe from reelkit tune (JSON upload; sets steps, guidance and "
+                                         "accelerators)", file_types=[".json"], type="filepath", height=90)
                     compare = gr.Checkbox(label="Compare with the plain model", value=True, elem_id="compare")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=1):
@@ -234,7 +246,7 @@ def build_app(model: str | None = None, max_queue: int = 4, root: str | Path | N
                 plain_video = gr.Video(label="Plain (same seed)", elem_id="plain", autoplay=True, loop=True, height=320)
             figures = gr.Markdown(elem_id="figures")
             button.click(generate, [prompt, negative, model_name, steps, guidance, seed, frames, size, cache, codebook,
-                                    moreg, rehash, slicing, compare, session],
+                                    moreg, rehash, slicing, compare, recipe, session],
                          [fast_video, plain_video, figures, error, session],
                          api_name="generate", concurrency_limit=1)
         with gr.Tab("MarDini"):
