@@ -43,6 +43,7 @@ SUITES: dict[str, str] = {
     "distill": "reelkit.eval.bench.distill",
     "mardini": "reelkit.eval.bench.mardini",
     "parallel": "reelkit.eval.bench.parallel",
+    "tune": "reelkit.eval.bench.tune",
     "studio": "reelkit.studio.bench",  # lives with the studio (a layer above eval), loaded by name
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""

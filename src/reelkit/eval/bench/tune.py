@@ -1,0 +1,123 @@
+"""Bench suite ``tune``: every candidate of ``reelkit tune``'s search measured on held-out prompts against the
+teacher at 50 steps, the Pareto front of latency against PSNR, and the tuned choice against the best single
+technique at the same quality.
+
+Rows: one per candidate and size (``method`` is the candidate's key, e.g. ``teacher/30/g5/adacache-fast``), with
+``latency_s`` (median seconds a clip), ``speedup`` (the reference's latency over this one), ``psnr_db`` (mean against
+the reference clips), ``techniques`` (how many of: fewer steps, AdaCache, Step Rehash, the student, mixed),
+``pareto`` (no other row is both faster and closer) and ``tuned`` (the fastest meeting ``TARGET_PSNR``).
+``settings["targets"]`` compares the tuned row with the fastest single-technique row that meets the target
+(``TARGET_SPEEDUP_VS_SINGLE``). The plot ``<report>_pareto.png`` shows every row and the front.
+"""
+
+from __future__ import annotations
+
+from reelkit.eval.bench import BenchContext
+from reelkit.eval.bench.harness import heldout_prompts
+from reelkit.eval.tune import Candidate, Tuner, TuneSettings, candidates
+
+NUM_PROMPTS = {False: 6, True: 2}
+SIZES = {False: (64, 128), True: (64,)}
+STEPS = {False: (50, 40, 30, 25, 20, 15), True: (20, 10)}
+REFERENCE_STEPS = {False: 50, True: 20}
+MODELS = ("teacher", "student")
+FRAMES, GUIDANCE = 17, 5.0
+TARGET_PSNR, TARGET_SPEEDUP_VS_SINGLE = 30.0, 1.5
+LOAD = None  # a loader by model name (tests swap in a tiny one); None: the bundled pipelines
+
+
+def techniques(candidate: Candidate, reference_steps: int) -> int:
+    """How many techniques a candidate mixes: fewer steps, the student, AdaCache (MoReg included), Step Rehash."""
+    return sum((candidate.model == "student", candidate.model != "student" and candidate.steps < reference_steps,
+                candidate.cache is not None, candidate.rehash is not None))
+
+
+def _pareto(rows: list[dict]) -> None:
+    for row in rows:
+        row["pareto"] = not any(o is not row and o["latency_s"] <= row["latency_s"] and o["psnr_db"] >= row["psnr_db"]
+                                and (o["latency_s"], o["psnr_db"]) != (row["latency_s"], row["psnr_db"])
+                                for o in rows if o["size"] == row["size"])
+
+
+def _plot(rows: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({row["size"] for row in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), dpi=100, squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        mine = [row for row in rows if row["size"] == size]
+        for count, marker in ((0, "s"), (1, "o"), (2, "^"), (3, "D")):
+            group = [row for row in mine if row["techniques"] == count]
+            if group:
+                ax.scatter([r["speedup"] for r in group], [r["psnr_db"] for r in group], marker=marker,
+                           label={0: "reference", 1: "one technique"}.get(count, f"{count} mixed"), alpha=0.7)
+        front = sorted((row for row in mine if row["pareto"]), key=lambda r: r["speedup"])
+        ax.plot([r["speedup"] for r in front], [r["psnr_db"] for r in front], "k--", linewidth=1, label="Pareto front")
+        tuned = [row for row in mine if row["tuned"]]
+        if tuned:
+            ax.scatter([tuned[0]["speedup"]], [tuned[0]["psnr_db"]], s=160, facecolors="none", edgecolors="red",
+                       label="tuned")
+        ax.axhline(TARGET_PSNR, color="grey", linewidth=0.8)
+        ax.set_xlabel("speedup vs the reference")
+        ax.set_ylabel("PSNR vs the reference (dB)")
+        ax.set_title(f"{size}x{size}, {FRAMES} frames")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(ctx: BenchContext) -> list[dict]:
+    from reelkit.pipelines.text_to_video import load_text_to_video
+
+    quick = ctx.quick
+    prompts, _ = heldout_prompts(NUM_PROMPTS[quick])
+    reference = ("teacher", REFERENCE_STEPS[quick])
+
+    def load(name: str):
+        pipe = LOAD(name) if LOAD is not None else load_text_to_video(name)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    space = candidates(MODELS, GUIDANCE, STEPS[quick])
+    if not any(c.steps == reference[1] and c.model == "teacher" and c.cache is None and c.rehash is None
+               for c in space):
+        space.insert(0, Candidate("teacher", reference[1], GUIDANCE))
+    ctx.settings.update({"num_prompts": len(prompts), "frames": FRAMES, "sizes": list(SIZES[quick]),
+                         "reference": f"{reference[0]}@{reference[1]}", "guidance": GUIDANCE,
+                         "candidates": len(space)})
+    rows = []
+    advance = ctx.progress("candidates", len(space) * len(SIZES[quick]))
+    for size in SIZES[quick]:
+        tuner = Tuner(load, TuneSettings(frames=FRAMES, size=size, target_psnr=TARGET_PSNR), reference, GUIDANCE)
+        base = tuner.measure(Candidate(*reference, GUIDANCE), prompts)["latency_s"]
+        mine = []
+        for candidate in space:
+            figures = tuner.measure(candidate, prompts)
+            mine.append({"method": candidate.key(), "size": size, "latency_s": figures["latency_s"],
+                         "speedup": base / figures["latency_s"], "psnr_db": figures["psnr_db"],
+                         "techniques": techniques(candidate, reference[1])})
+            advance()
+        passing = [row for row in mine if row["psnr_db"] >= TARGET_PSNR]
+        fastest = min(passing, key=lambda row: row["latency_s"], default=None)
+        for row in mine:
+            row["tuned"] = row is fastest
+        rows += mine
+    _pareto(rows)
+    targets = {}
+    for size in SIZES[quick]:
+        mine = [row for row in rows if row["size"] == size and row["psnr_db"] >= TARGET_PSNR]
+        tuned = [row for row in mine if row["tuned"]]
+        singles = [row for row in mine if row["techniques"] == 1]
+        if tuned and singles:
+            ratio = min(r["latency_s"] for r in singles) / tuned[0]["latency_s"]
+            targets[f"size_{size}"] = {"tuned": tuned[0]["method"], "speedup_vs_best_single": ratio,
+                                       "met": ratio >= TARGET_SPEEDUP_VS_SINGLE}
+    ctx.settings["targets"] = {"psnr_db": TARGET_PSNR, "speedup_vs_best_single": TARGET_SPEEDUP_VS_SINGLE, **targets}
+    plot = ctx.artifact("pareto.png")
+    if plot is not None:
+        _plot(rows, plot)
+    return rows
