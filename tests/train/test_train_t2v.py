@@ -213,8 +213,8 @@ def test_object_weight_applies_only_below_its_noise_level():
     plain, weighted = loss(), loss(weight=1 + weight)
     assert not torch.isclose(plain, weighted)
     # every sampled noise level lies above 1e-6: the weight is off and the loss is the plain one
-    torch.testing.assert_close(loss(weight=1 + weight, weight_max_sigma=1e-6), plain)
-    torch.testing.assert_close(loss(weight=1 + weight, weight_max_sigma=1.0), weighted)
+    torch.testing.assert_close(loss(weight=1 + weight, weight_sigmas=(0.0, 1e-6)), plain)
+    torch.testing.assert_close(loss(weight=1 + weight, weight_sigmas=(0.0, 1.0)), weighted)
 
 
 @pytest.mark.parametrize("value", [0.0, 1.5, -0.2])

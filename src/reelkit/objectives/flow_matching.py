@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator: torch.Generator,
                        logit_mean: float = 0.0, logit_std: float = 1.0, weight: torch.Tensor | None = None,
-                       weight_max_sigma: float | None = None) -> torch.Tensor:
+                       weight_sigmas: tuple[float, float] | None = None) -> torch.Tensor:
     """Rectified-flow velocity loss with logit-normal noise levels (SD3, section 3.1); ``weight`` (broadcast to
     the latents, e.g. ``(B, 1, T, h, w)``) weighs the squared error per latent pixel (normalised by its mean),
-    only on the samples whose noise level is below ``weight_max_sigma`` when that is given."""
+    only on the samples whose noise level lies in ``weight_sigmas = (low, high)`` when that is given."""
     sigma = torch.sigmoid(logit_mean + logit_std * torch.randn(len(latents), generator=generator))
     sigma = sigma.to(latents.device)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
@@ -26,10 +26,12 @@ def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator:
         return F.mse_loss(prediction.float(), (noise - latents).float())
     error = (prediction.float() - (noise - latents).float()).pow(2)
     weight = weight.to(error).expand_as(error)
-    if weight_max_sigma is not None:
+    if weight_sigmas is not None:
         # A weight that depends on where the objects are tilts the prediction towards drawing an object wherever
-        # one may be; at low noise the layout is already fixed by x_t, so the weight only sharpens the objects.
-        weight = torch.where(s.to(error.device) < weight_max_sigma, weight, torch.ones_like(weight))
+        # one may be; once x_t fixes the layout (mid noise) the weight only stresses what the objects look like.
+        low, high = weight_sigmas
+        s = s.to(error.device)
+        weight = torch.where((s >= low) & (s < high), weight, torch.ones_like(weight))
     return (error * weight).mean() / weight.mean()
 
 

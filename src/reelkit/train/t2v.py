@@ -65,8 +65,9 @@ class T2VTrainConfig:
     object_weight: float = 0.0  # > 0: the loss weighs latent pixels on the objects (1 + this) x the background
     object_weight_steps: int | None = None  # weigh only the first N steps: the weighting speeds up learning
     # the objects but biases the model towards drawing them (a second, unasked object), so it ends early
-    object_weight_max_sigma: float | None = None  # weigh only samples noised below this level, where the layout
-    # is already decided by the noisy input: the weighting then sharpens objects without adding any
+    object_weight_max_sigma: float | None = None  # weigh only samples noised below this level (and at or above
+    object_weight_min_sigma: float = 0.0  # this one): where the noisy input already fixes the layout, the weight
+    # stresses the objects' look without adding objects
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
@@ -84,9 +85,11 @@ class T2VTrainConfig:
         check_mixed_precision(self.mixed_precision)
         if not 0 <= self.object_weight <= 1000:
             raise ReelkitError(f"object_weight must lie in 0 .. 1000 (0: off), got {self.object_weight}")
-        if self.object_weight_max_sigma is not None and not 0 < self.object_weight_max_sigma <= 1:
-            raise ReelkitError(f"object_weight_max_sigma must lie in (0, 1] (null: every noise level), "
-                               f"got {self.object_weight_max_sigma}")
+        if self.object_weight_max_sigma is not None and not (
+                0 <= self.object_weight_min_sigma < self.object_weight_max_sigma <= 1):
+            raise ReelkitError(f"object_weight_max_sigma must lie in (0, 1] (null: every noise level), above "
+                               f"object_weight_min_sigma; got {self.object_weight_min_sigma} .. "
+                               f"{self.object_weight_max_sigma}")
         if self.object_weight_steps is not None and self.object_weight_steps < 0:
             raise ReelkitError(f"object_weight_steps must be >= 0 (null: every step), got {self.object_weight_steps}")
         if self.eval_every < 0 or not 1 <= self.eval_prompts <= 512 or self.eval_steps < 1:
@@ -247,7 +250,8 @@ class T2VRecipe(Recipe):
             weight = 1 + config.object_weight * batch["coverage"][:, None].to(accelerator.device)
         with autocast(config.mixed_precision, accelerator.device):
             loss = flow_matching_loss(self.denoiser, latents, tokens, generator, config.logit_mean, config.logit_std,
-                                      weight, config.object_weight_max_sigma)
+                                      weight, None if config.object_weight_max_sigma is None else
+                                      (config.object_weight_min_sigma, config.object_weight_max_sigma))
         apply_gradients(accelerator, loss, self.denoiser.parameters(), self.optimizer, self.scheduler,
                         config.grad_clip)
         self.ema.step(accelerator.unwrap_model(self.denoiser).parameters())
