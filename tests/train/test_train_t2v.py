@@ -243,3 +243,51 @@ def test_a_warm_start_may_add_the_pooled_text_modulation_and_starts_as_the_loade
         transformer.text_pool.weight.normal_()  # once trained, the caption's mean changes the output
         assert not torch.allclose(transformer(latents, torch.tensor([500.0]), text).sample,
                                   source.transformer(latents, torch.tensor([500.0]), text).sample)
+
+
+def test_shape_twins_differ_from_their_scene_only_in_shape():
+    from reelkit.data.world import random_scene, shape_twin
+
+    for seed in range(20):
+        (scene, _), (twin, caption) = random_scene(seed), shape_twin(seed)
+        assert twin.background == scene.background and caption
+        for a, b in zip(scene.objects, twin.objects, strict=True):
+            assert a.shape != b.shape and (a.color, a.motion, a.start, a.end, a.radius) == (
+                b.color, b.motion, b.start, b.end, b.radius)
+            assert b.shape in caption or any(word in caption for word in ("ball", "disc", "block", "rhombus", "plus",
+                                                                          "box", "cube", "ring", "dot", "x"))
+
+
+def test_a_run_with_shape_twins_pairs_each_twin_with_its_clip_under_one_noise(tmp_path, tiny_vae_dir, monkeypatch):
+    import reelkit.train.t2v as recipe
+
+    seen = []
+    original = recipe.flow_matching_loss
+
+    def spy(denoiser, latents, tokens, *args):
+        seen.append((len(latents), args[-1]))
+        return original(denoiser, latents, tokens, *args)
+
+    monkeypatch.setattr(recipe, "flow_matching_loss", spy)
+    run(write_config(tmp_path, tiny_vae_dir, twin_clips=4, twin_pairs=2, twin_cache=str(tmp_path / "twins")))
+    assert seen == [(4 + 2 * 2, 2)] * 3  # the batch, 2 clips and their 2 twins, paired
+    twins = LatentCache(tmp_path / "twins")
+    assert len(twins) == 4 and twins.manifest["shape_twins"] is True
+    assert twins.captions[0] != LatentCache(tmp_path / "cache").captions[0]
+
+
+def test_paired_samples_share_their_noise():
+    from reelkit.objectives.flow_matching import flow_matching_loss
+
+    inputs = []
+    latents = torch.randn(4, 2, 1, 4, 4)
+
+    def denoiser(noisy, timestep, *rest):
+        inputs.append((noisy, timestep))
+        return torch.zeros_like(noisy)
+
+    latents[3] = latents[1]  # the twin of sample 1 is the same clip here: same noise and level, same input
+    flow_matching_loss(denoiser, latents, {"input_ids": None, "attention_mask": None},
+                       torch.Generator().manual_seed(0), paired=2)
+    noisy, timestep = inputs[0]
+    assert torch.equal(noisy[3], noisy[1]) and timestep[3] == timestep[1] and timestep[2] == timestep[0]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -375,6 +375,25 @@ def random_scene(seed: int) -> tuple[Scene, str]:
     return scene, write_caption(scene.objects, scene.background, np.random.default_rng([seed, 1]))
 
 
+def shape_twin(seed: int) -> tuple[Scene, str]:
+    """The scene of ``seed`` with every object's shape swapped for another (same place, size, colour, motion and
+    background) and its caption written from the same stream: a counterfactual that differs from
+    :func:`random_scene` only in the shape words, for training a model to read them."""
+    scene = sample_scene(seed)
+    rng = np.random.default_rng([seed, 2])
+    objects = []
+    for obj in scene.objects:
+        choices = [s for s in SHAPES if s != obj.shape and (obj.motion != "rotate" or s in SYMMETRY)]
+        shape = str(choices[int(rng.integers(len(choices)))])
+        angle = obj.angle
+        if obj.motion == "rotate":  # the same share of the new shape's symmetry turn
+            factor = SYMMETRY[shape] / SYMMETRY[obj.shape]
+            angle = (obj.angle[0], obj.angle[0] + (obj.angle[1] - obj.angle[0]) * factor)
+        objects.append(replace(obj, shape=shape, angle=angle))
+    twin = Scene(tuple(objects), scene.background)
+    return twin, write_caption(twin.objects, twin.background, np.random.default_rng([seed, 1]))
+
+
 def render_clip(seed: int, num_frames: int = 17, size: int | tuple[int, int] = 64, prompt: str | None = None,
                 progress: Callable[[], None] | None = None) -> WorldClip:
     """Render the clip of ``seed``: a random scene with its caption, or the scene ``prompt`` describes.
@@ -391,4 +410,4 @@ def render_clip(seed: int, num_frames: int = 17, size: int | tuple[int, int] = 6
 
 
 __all__ = ["Background", "Scene", "WorldClip", "WorldObject", "object_coverage", "random_scene", "render_clip",
-           "render_scene", "sample_scene"]
+           "render_scene", "sample_scene", "shape_twin"]

@@ -55,18 +55,21 @@ def shard_name(index: int) -> str:
 @torch.no_grad()
 def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17, size: int = 64,
                        first_seed: int = 0, shard_size: int = 512, batch_size: int = 32, vae=None,
-                       progress: Callable[[int], None] | None = None) -> Path:
+                       progress: Callable[[int], None] | None = None, shape_twins: bool = False) -> Path:
     """Encode the training clips of seeds ``first_seed .. first_seed + num_clips`` into ``folder``.
 
     Shards already in ``folder`` are kept, so a larger ``num_clips`` extends a cache.
 
     ``vae`` defaults to the bundled CV-VAE. ``progress`` is called with the number of clips done.
+    ``shape_twins``: encode each seed's shape twin instead (:func:`reelkit.data.world.shape_twin`), index for
+    index beside a plain cache of the same seeds.
     """
     from reelkit.vae import load_cvvae
 
     if num_clips < 1 or first_seed < 0 or first_seed + num_clips > HELDOUT_SEED_BASE:
         raise ReelkitError("the latent cache holds 1 or more training seeds, all below the held-out split")
-    settings = {"num_frames": num_frames, "size": size, "first_seed": first_seed, "shard_size": shard_size}
+    settings = {"num_frames": num_frames, "size": size, "first_seed": first_seed, "shard_size": shard_size,
+                **({"shape_twins": True} if shape_twins else {})}
     folder = open_cache_folder(folder, num_clips, settings, "a latent cache")
     vae = (vae or load_cvvae()).eval()
     done = 0
@@ -78,7 +81,8 @@ def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17,
             continue
         means, stds, captions, labels = [], [], [], {k: [] for k in LABEL_KEYS}
         for start in range(0, len(seeds), batch_size):
-            clips = [render_clip(seed, num_frames, size) for seed in seeds[start:start + batch_size]]
+            clips = [_twin_clip(seed, num_frames, size) if shape_twins else render_clip(seed, num_frames, size)
+                     for seed in seeds[start:start + batch_size]]
             posterior = vae.encode(torch.stack([c.video for c in clips])).latent_dist
             means.append(posterior.mean.half())
             stds.append(posterior.std.half())
@@ -95,6 +99,13 @@ def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17,
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
     return folder
+
+
+def _twin_clip(seed: int, num_frames: int, size: int):
+    from reelkit.data.world import WorldClip, render_scene, shape_twin
+
+    scene, caption = shape_twin(seed)
+    return WorldClip(render_scene(scene, num_frames, size), caption, scene, seed)
 
 
 def coverage_name(index: int) -> str:
@@ -178,4 +189,23 @@ class LatentCache(Dataset):
         return "coverage" in self.tensors
 
 
-__all__ = ["LatentCache", "add_coverage", "build_latent_cache", "latent_coverage", "open_cache_folder", "shard_name"]
+class TwinPairs(Dataset):
+    """Clip ``i`` of a plain cache with clip ``i`` of its shape-twin cache: ``latent``, ``caption``, ``twin_latent``,
+    ``twin_caption`` (the twins of the first ``len(twins)`` clips)."""
+
+    def __init__(self, plain: LatentCache, twins: LatentCache):
+        if twins.manifest.get("first_seed") != plain.manifest.get("first_seed") or len(twins) > len(plain):
+            raise ReelkitError("the shape-twin cache must hold the twins of the plain cache's first clips")
+        self.plain, self.twins = plain, twins
+
+    def __len__(self) -> int:
+        return len(self.twins)
+
+    def __getitem__(self, index: int) -> dict:
+        a, b = self.plain[index], self.twins[index]
+        return {"latent": a["latent"], "caption": a["caption"], "twin_latent": b["latent"],
+                "twin_caption": b["caption"]}
+
+
+__all__ = ["LatentCache", "TwinPairs", "add_coverage", "build_latent_cache", "latent_coverage", "open_cache_folder",
+           "shard_name"]

@@ -68,6 +68,9 @@ class T2VTrainConfig:
     object_weight_max_sigma: float | None = None  # weigh only samples noised below this level (and at or above
     object_weight_min_sigma: float = 0.0  # this one): where the noisy input already fixes the layout, the weight
     # stresses the objects' look without adding objects
+    twin_clips: int = 0  # > 0: also encode the shape twins of the first N clips (same scene, other shapes) and
+    twin_cache: str = "runs/t2v_twins"  # train on twin_pairs of them a step, each pair with one noise: the pair
+    twin_pairs: int = 16  # differs only in its shape words and shapes, which teaches the model to read them
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
@@ -92,6 +95,8 @@ class T2VTrainConfig:
                                f"{self.object_weight_max_sigma}")
         if self.object_weight_steps is not None and self.object_weight_steps < 0:
             raise ReelkitError(f"object_weight_steps must be >= 0 (null: every step), got {self.object_weight_steps}")
+        if self.twin_clips and (self.twin_clips > self.cache_clips or self.twin_pairs < 1 or self.object_weight):
+            raise ReelkitError("twin_clips must lie in 1 .. cache_clips, with twin_pairs >= 1 and no object_weight")
         if self.eval_every < 0 or not 1 <= self.eval_prompts <= 512 or self.eval_steps < 1:
             raise ReelkitError("eval_every must be >= 0 (0: off), eval_prompts in 1..512, eval_steps >= 1")
 
@@ -180,7 +185,7 @@ class T2VRecipe(Recipe):
     def _setup_data(self) -> None:
         from torch.utils.data import DataLoader
 
-        from reelkit.train.latent_cache import LatentCache, add_coverage, build_latent_cache
+        from reelkit.train.latent_cache import LatentCache, TwinPairs, add_coverage, build_latent_cache
         from reelkit.vae import load_cvvae
 
         config, accelerator = self.config, self.accelerator
@@ -190,10 +195,19 @@ class T2VRecipe(Recipe):
                                progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
             if config.object_weight > 0:
                 add_coverage(config.latent_cache)
+            if config.twin_clips:
+                build_latent_cache(config.twin_cache, config.twin_clips, config.num_frames, config.size, vae=self.vae,
+                                   shape_twins=True,
+                                   progress=lambda n: n % 1024 == 0 and accelerator.print(f"shape twins: {n} clips"))
         accelerator.wait_for_everyone()
         self.dataset = LatentCache(config.latent_cache)
         self.loader = DataLoader(self.dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                  num_workers=0, generator=torch.Generator().manual_seed(config.seed))
+        self.pair_loader = None
+        if config.twin_clips:
+            self.pair_loader = DataLoader(TwinPairs(self.dataset, LatentCache(config.twin_cache)),
+                                          batch_size=config.twin_pairs, shuffle=True, drop_last=True, num_workers=0,
+                                          generator=torch.Generator().manual_seed(config.seed + 1))
 
     def _setup_models(self) -> None:
         from diffusers.training_utils import EMAModel
@@ -225,6 +239,7 @@ class T2VRecipe(Recipe):
                           f"process(es), batch {config.batch_size} per process")
         self.ema.to(accelerator.device)
         self.stream = endless(self.loader)
+        self.pairs = endless(self.pair_loader) if self.pair_loader is not None else None
         self.monitor = None
         if config.eval_every and accelerator.is_main_process:
             from reelkit.models.judge import load_judge
@@ -241,8 +256,15 @@ class T2VRecipe(Recipe):
         batch = next(self.stream)
         captions = [c if torch.rand((), generator=generator) >= config.caption_dropout else ""
                     for c in batch["caption"]]
+        latents = batch["latent"]
+        paired = 0
+        if self.pairs is not None:  # (B + 2P): the batch, then P clips, then their P shape twins
+            pairs = next(self.pairs)
+            paired = len(pairs["caption"])
+            latents = torch.cat([latents, pairs["latent"], pairs["twin_latent"]])
+            captions += list(pairs["caption"]) + list(pairs["twin_caption"])
         tokens = {k: v.to(accelerator.device) for k, v in tokenize_prompts(captions, self.tokenizer).items()}
-        latents = batch["latent"].to(accelerator.device) * self.vae.config.scaling_factor
+        latents = latents.to(accelerator.device) * self.vae.config.scaling_factor
         weight = None
         weighted = config.object_weight > 0 and (config.object_weight_steps is None
                                                  or self.step < config.object_weight_steps)
@@ -251,7 +273,7 @@ class T2VRecipe(Recipe):
         with autocast(config.mixed_precision, accelerator.device):
             loss = flow_matching_loss(self.denoiser, latents, tokens, generator, config.logit_mean, config.logit_std,
                                       weight, None if config.object_weight_max_sigma is None else
-                                      (config.object_weight_min_sigma, config.object_weight_max_sigma))
+                                      (config.object_weight_min_sigma, config.object_weight_max_sigma), paired)
         apply_gradients(accelerator, loss, self.denoiser.parameters(), self.optimizer, self.scheduler,
                         config.grad_clip)
         self.ema.step(accelerator.unwrap_model(self.denoiser).parameters())
