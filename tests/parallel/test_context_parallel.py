@@ -66,6 +66,7 @@ def test_rank_dependent_inputs_do_not_make_the_ranks_diverge(ranks):
     ("ring_on_cpu", "ring attention needs"),
     ("too_many", "ulysses=3"),
     ("backend", "does not support context parallelism"),
+    ("rehash_calibration", "calibrates in one process"),
     ("first_block_cache", "not consistent under context parallelism"),
 ])
 def test_bad_settings_are_one_line_errors_on_every_rank(ranks, case, words):

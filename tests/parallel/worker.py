@@ -134,9 +134,26 @@ def refusals() -> dict:
         enable_context_parallel(tiny_pipeline().transformer, "ulysses", 3)
 
     def backend_without_context_parallelism():
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        previous = _AttentionBackendRegistry.get_active_backend()[0]
         model = tiny_pipeline().transformer
-        model.set_attention_backend("_native_math")
+        model.set_attention_backend("_native_math")  # diffusers makes it the process-wide default too
+        try:
+            enable_context_parallel(model, "ulysses", 2)
+        finally:
+            _AttentionBackendRegistry.set_active_backend(previous)
+
+    def rehash_calibration():
+        from reelkit.accel.step_rehash import StepRehashError, record_rehash_features
+
+        model = tiny_pipeline().transformer
         enable_context_parallel(model, "ulysses", 2)
+        apply_step_rehash(model, StepRehashConfig())
+        try:
+            record_rehash_features(model)
+        except StepRehashError as error:
+            raise ParallelError(str(error)) from None
 
     def first_block_cache():
         from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
@@ -146,7 +163,8 @@ def refusals() -> dict:
         enable_context_parallel(model, "ulysses", 2)
 
     for name, fn in (("odd_size", odd_size), ("ring_on_cpu", ring_on_cpu), ("too_many", too_many),
-                     ("backend", backend_without_context_parallelism), ("first_block_cache", first_block_cache)):
+                     ("backend", backend_without_context_parallelism), ("rehash_calibration", rehash_calibration),
+                     ("first_block_cache", first_block_cache)):
         attempt(name, fn)
     return found
 

@@ -403,7 +403,13 @@ def format_stats(stats: dict[str, StepRehashStats]) -> str:
 
 def record_rehash_features(model: nn.Module, enabled: bool = True) -> list[dict] | None:
     """Start (or stop) recording, at every key step, ``{"context", "step", "num_steps", "feature"}`` with
-    the (flattened, CPU) feature the key-step search compares. Returns the list being filled."""
+    the (flattened, CPU) feature the key-step search compares. Returns the list being filled. Under context
+    parallelism each rank would record only its share of the feature: calibrate in one process."""
+    from reelkit.parallel import parallel_group
+
+    if enabled and parallel_group(model) is not None:
+        raise StepRehashError("Step Rehash calibrates in one process (each rank holds a share of the features); "
+                              "run 'reelkit calibrate rehash' without torchrun and use its schedule in parallel")
     hook = _model_hook(model)
     hook.trace = [] if enabled else None
     return hook.trace
