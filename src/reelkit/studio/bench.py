@@ -36,7 +36,7 @@ def _free_port() -> int:
 def _ask(client, prompt: str, model: str, steps: int, seed: int, cache: str, compare: bool):
     s = SETTINGS
     return client.predict(prompt, "", model, steps, s["guidance"], seed, s["frames"], s["size"], cache, None, False,
-                          0, False, compare, api_name="/generate")
+                          0, False, compare, None, api_name="/generate")  # no recipe upload
 
 
 def _committed_cache_row() -> dict:
