@@ -81,6 +81,12 @@ def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequ
     return found
 
 
+def techniques(candidate: Candidate, reference_steps: int) -> int:
+    """How many techniques a candidate mixes: fewer steps, the student, AdaCache (MoReg included), Step Rehash."""
+    return sum((candidate.model == "student", candidate.model != "student" and candidate.steps < reference_steps,
+                candidate.cache is not None, candidate.rehash is not None))
+
+
 @dataclass
 class TuneSettings:
     frames: int = 17
@@ -238,7 +244,7 @@ class Tuner:
         baseline = self.measure(Candidate(*self.reference, self.guidance), prompts)
         held = self.measure(chosen, heldout, label="heldout")
         held_baseline = self.measure(Candidate(*self.reference, self.guidance), heldout, label="heldout")
-        singles = [f for c, f in passing if sum(bool(x) for x in (c.cache, c.rehash, c.slicing)) <= 1]
+        singles = [f for c, f in passing if techniques(c, self.reference[1]) == 1]
         best_single = min((f["latency_s"] for f in singles), default=None)
         s = self.settings
         return Recipe(
@@ -256,4 +262,4 @@ class Tuner:
         )
 
 
-__all__ = ["Candidate", "TuneError", "TuneSettings", "Tuner", "candidates", "check_targets"]
+__all__ = ["Candidate", "TuneError", "TuneSettings", "Tuner", "candidates", "check_targets", "techniques"]

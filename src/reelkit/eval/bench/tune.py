@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from reelkit.eval.bench import BenchContext
 from reelkit.eval.bench.harness import heldout_prompts
-from reelkit.eval.tune import Candidate, Tuner, TuneSettings, candidates
+from reelkit.eval.tune import Candidate, Tuner, TuneSettings, candidates, techniques
 
 NUM_PROMPTS = {False: 6, True: 2}
 SIZES = {False: (64, 128), True: (64,)}
@@ -24,12 +24,6 @@ MODELS = ("teacher", "student")
 FRAMES, GUIDANCE = 17, 5.0
 TARGET_PSNR, TARGET_SPEEDUP_VS_SINGLE = 30.0, 1.5
 LOAD = None  # a loader by model name (tests swap in a tiny one); None: the bundled pipelines
-
-
-def techniques(candidate: Candidate, reference_steps: int) -> int:
-    """How many techniques a candidate mixes: fewer steps, the student, AdaCache (MoReg included), Step Rehash."""
-    return sum((candidate.model == "student", candidate.model != "student" and candidate.steps < reference_steps,
-                candidate.cache is not None, candidate.rehash is not None))
 
 
 def _pareto(rows: list[dict]) -> None:
