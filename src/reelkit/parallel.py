@@ -100,7 +100,7 @@ def enable_context_parallel(model: torch.nn.Module, kind: str, degree: int):
     """
     from diffusers import ContextParallelConfig
 
-    rank, world = init_process_group()
+    _, world = init_process_group()
     if kind not in KINDS:
         raise ParallelError(f"unknown parallel kind {kind!r}; choose {' or '.join(KINDS)}")
     if degree < 2 or world % degree:

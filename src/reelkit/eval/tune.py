@@ -148,19 +148,28 @@ class Tuner:
             self.pipes[model] = self.load(model)
         return self.pipes[model]
 
-    def _clips(self, candidate: Candidate, prompts: Sequence[str]) -> tuple[torch.Tensor, list[float]]:
+    def _clips(self, candidate: Candidate, prompts: Sequence[str], peak: bool = False
+               ) -> tuple[torch.Tensor, list[float], int | None]:
+        """The candidate's clips of ``prompts`` (seed + index), their seconds, and with ``peak`` the peak memory of
+        the first clip (measured on its own run, before the timed ones)."""
+        from reelkit.generation import GenerationSettings, generate_video
+        from reelkit.memory import peak_memory_bytes
+
         s = self.settings
         pipe = self.pipe(candidate.model)
+        settings = GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size)
         apply_acceleration(pipe, candidate.options(), candidate.steps, bundled_teacher=candidate.model == "teacher")
         try:
+            peak_bytes = None
+            if peak:
+                peak_bytes = peak_memory_bytes(lambda: generate_video(pipe, prompts[0], settings),
+                                               pipe.transformer, pipe.vae)
             clips, seconds = [], []
             for index, prompt in enumerate(prompts):
                 start = time.perf_counter()
-                clips.append(pipe(prompt, num_frames=s.frames, height=s.size, width=s.size,
-                                  num_inference_steps=candidate.steps, guidance_scale=candidate.guidance,
-                                  generator=torch.Generator().manual_seed(s.seed + index)).frames[0].float().cpu())
+                clips.append(generate_video(pipe, prompt, settings, seed=s.seed + index).float().cpu())
                 seconds.append(time.perf_counter() - start)
-            return torch.stack(clips), seconds
+            return torch.stack(clips), seconds, peak_bytes
         finally:
             remove_acceleration(pipe)
 
@@ -168,7 +177,7 @@ class Tuner:
         key = tuple(prompts)
         if key not in self.references:
             model, steps = self.reference
-            self.references[key], _ = self._clips(Candidate(model, steps, self.guidance), prompts)
+            self.references[key], _, _ = self._clips(Candidate(model, steps, self.guidance), prompts)
         return self.references[key]
 
     def measure(self, candidate: Candidate, prompts: Sequence[str], label: str = "search") -> dict:
@@ -178,31 +187,20 @@ class Tuner:
         if saved is not None:
             return saved
         references = self.reference_clips(prompts)
-        self._clips(candidate, prompts[:1])  # warm-up
-        clips, seconds = self._clips(candidate, prompts)
+        budget = self.settings.max_memory is not None
+        _, _, peak = self._clips(candidate, prompts[:1], peak=budget)  # the warm-up (and the memory measurement)
+        clips, seconds, _ = self._clips(candidate, prompts)
         figures = {"latency_s": statistics.median(seconds),
                    "psnr_db": statistics.fmean(min(video_psnr(a, b), MAX_PSNR) for a, b in zip(clips, references,
                                                                                                strict=True))}
+        if budget:
+            figures["peak_mem_bytes"] = peak
         if self.judge is not None:
             from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
 
             seen, _ = judge_clips(self.judge, clips)
             scores = mean_adherence(prompt_adherence(p, o) for p, o in zip(prompts, seen, strict=True))
             figures["adherence"] = statistics.fmean(scores[k] for k in ("shape", "color", "motion", "count"))
-        if self.settings.max_memory is not None:
-            from reelkit.memory import peak_memory_bytes
-
-            pipe = self.pipe(candidate.model)
-            apply_acceleration(pipe, candidate.options(), candidate.steps,
-                               bundled_teacher=candidate.model == "teacher")
-            try:
-                s = self.settings
-                figures["peak_mem_bytes"] = peak_memory_bytes(
-                    lambda: pipe(prompts[0], num_frames=s.frames, height=s.size, width=s.size,
-                                 num_inference_steps=candidate.steps, guidance_scale=candidate.guidance),
-                    pipe.transformer, pipe.vae)
-            finally:
-                remove_acceleration(pipe)
         self.state.put(key, figures)
         return figures
 

@@ -56,15 +56,16 @@ def _size(model: str) -> int:
 def measure(pipe, model: str, prompts: list[str], steps: int, repeats: int) -> dict:
     """Per method: the clips, per-clip seconds, one clip's peak memory and the AdaCache decisions."""
     from reelkit.accel.adacache import AdaCacheConfig, ada_cache_stats, apply_ada_cache, remove_ada_cache
+    from reelkit.generation import GenerationSettings, generate_video
     from reelkit.memory import peak_memory_bytes
 
     size = _size(model)
     device = pipe.transformer.device
 
+    settings = GenerationSettings(steps, GUIDANCE, 0, FRAMES, size)
+
     def clip(prompt: str, seed: int) -> torch.Tensor:
-        return pipe(prompt, num_frames=FRAMES, height=size, width=size, num_inference_steps=steps,
-                    guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(seed), output_type="pt"
-                    ).frames[0].float().cpu()
+        return generate_video(pipe, prompt, settings, seed=seed).float().cpu()
 
     results = {}
     for method in METHODS:
