@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -31,6 +32,25 @@ def peak_memory_bytes(fn: Callable[[], object], *modules: torch.nn.Module,
         fn()
     snapshot = tracker.get_tracker_snapshot("peak")
     return int(sum(stats["Total"] for stats in snapshot.values()))
+
+
+def peak_activation_bytes(fn: Callable[[], object], model: torch.nn.Module,
+                          device: torch.device | str | None = None) -> int:
+    """Peak bytes of the tensors ``fn()`` allocates (activations and outputs), ``model``'s weights left out:
+    CUDA's peak minus the weights, or on a CPU the tracker's peak with the weights registered as such (left
+    unregistered, the CPU tracker counts those a call touches through views as activations)."""
+    weights = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+    if device is not None and torch.device(device).type == "cuda":
+        return peak_memory_bytes(fn, device=device) - weights
+    from torch.distributed._tools.mem_tracker import _MemRefType
+
+    tracker = _peak_tracker()
+    tracker.track_external(model)
+    with tracker:
+        fn()
+    snapshot = tracker.get_tracker_snapshot("peak")
+    held = (_MemRefType.PARAM, _MemRefType.BUFFER, "Total")
+    return int(sum(size for stats in snapshot.values() for kind, size in stats.items() if kind not in held))
 
 
 def _peak_tracker():

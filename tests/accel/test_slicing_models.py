@@ -83,9 +83,10 @@ def models():
 
 # covered blocks: each model's sliced classes must really be hooked
 HOOKED = {
-    "svd": {"SpatioTemporalResBlock", "BasicTransformerBlock", "TemporalBasicTransformerBlock", "AlphaBlender",
-            "Downsample2D", "Upsample2D"},
-    "animatediff": {"ResnetBlock2D", "Transformer2DModel", "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D"},
+    "svd": {"UNetSpatioTemporalConditionModel", "SpatioTemporalResBlock", "TransformerSpatioTemporalModel",
+            "UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal", "Downsample2D", "Upsample2D"},
+    "animatediff": {"UNetMotionModel", "ResnetBlock2D", "Transformer2DModel", "AnimateDiffTransformer3D",
+                    "UpBlockMotion", "CrossAttnUpBlockMotion", "Downsample2D", "Upsample2D"},
     "svd_vae": {"TemporalDecoder"},
     "cvvae": {"Decoder3D", "ResnetBlock3D", "FrameAttention"},
 }
@@ -148,3 +149,50 @@ def test_group_norm_on_slices_reproduces_the_full_group_norm(chunks):
     mean2, rstd2 = _full_stats(norm, runner, slices, lambda s: x[..., s], x.device)
     torch.testing.assert_close(mean2, mean, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(rstd2, rstd, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["svd", "animatediff"])
+@torch.no_grad()
+def test_up_block_called_alone_leaves_its_inputs_intact(models, name):
+    """Inside a sliced UNet an up block may write over its input (dead after the call); called on its own it
+    must not, and it still computes the plain block's output."""
+    model = models[name]
+    block = model.up_blocks[-1]
+    spatial = [r if name == "animatediff" else r.spatial_res_block for r in block.resnets]
+    # diffusers: ResNet 0 reads the previous block's output and a skip of the block's width, the others the
+    # block's width and a skip of whatever width is left
+    skip_channels = [spatial[0].out_channels] + [r.in_channels - r.out_channels for r in spatial[1:]]
+    skips = tuple(randn(BATCH * FRAMES, c, 8, 8, seed=2 + i) for i, c in enumerate(reversed(skip_channels)))
+    hidden = randn(BATCH * FRAMES, spatial[0].in_channels - skip_channels[0], 8, 8, seed=9)
+    temb = randn(BATCH * FRAMES, spatial[0].time_emb_proj.in_features, seed=7)
+    if name == "animatediff":
+        kwargs = {"encoder_hidden_states": randn(BATCH * FRAMES, 7, 32, seed=1), "num_frames": FRAMES}
+    else:
+        kwargs = {"encoder_hidden_states": randn(BATCH * FRAMES, 1, 32, seed=1),
+                  "image_only_indicator": torch.zeros(BATCH, FRAMES)}
+    inputs = (hidden.clone(), tuple(s.clone() for s in skips))
+    plain = block(hidden, skips, temb, **kwargs)
+    apply_feature_slicing(model, SlicingConfig(frame_chunks=3, spatial_chunks=2))
+    try:
+        sliced = block(hidden, skips, temb, **kwargs)
+    finally:
+        remove_feature_slicing(model)
+    assert torch.equal(hidden, inputs[0]) and all(torch.equal(a, b) for a, b in zip(skips, inputs[1], strict=True))
+    torch.testing.assert_close(sliced, plain, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_freeu_up_blocks_run_their_own_forward_and_stay_exact(models):
+    model = models["animatediff"]
+    run = call("animatediff", model, 8)
+    model.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+    try:
+        plain = run()
+        apply_feature_slicing(model, SlicingConfig(frame_chunks=3, spatial_chunks=2))
+        try:
+            sliced = run()
+        finally:
+            remove_feature_slicing(model)
+    finally:
+        model.disable_freeu()
+    torch.testing.assert_close(sliced, plain, atol=1e-5, rtol=0)

@@ -351,7 +351,7 @@ class FeatureSlicingBudgetHook(ModelHook):
         forward = self.fn_ref.original_forward
         key = tuple(tuple(a.shape) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
         if key not in self.plan.chosen:
-            self.plan.chosen[key] = self.plan.choose(lambda: forward(*args, **kwargs))
+            self.plan.chosen[key] = self.plan.choose(lambda: forward(*args, **kwargs), module)
         self.plan.runner = self.plan.base.with_chunks(*self.plan.chosen[key])
         return forward(*args, **kwargs)
 
@@ -365,16 +365,17 @@ class _Plan:
         self.runner = self.base
         self.chosen: dict[tuple, tuple[int, int]] = {}
 
-    def choose(self, call: Callable[[], Any]) -> tuple[int, int]:
-        """Measure the activation peak at two chunk counts, fit ``peak = fixed + sliced / chunks`` and take
-        the fewest chunks that fit the budget (the most the probe allows when none does)."""
-        from reelkit.memory import peak_memory_bytes
+    def choose(self, call: Callable[[], Any], model: nn.Module) -> tuple[int, int]:
+        """Measure the activation peak (``model``'s weights left out) at two chunk counts, fit ``peak = fixed
+        + sliced / chunks`` and take the fewest chunks that fit the budget (the most the probe allows when
+        none does)."""
+        from reelkit.memory import peak_activation_bytes
 
         peaks = []
         with torch.no_grad():
             for chunks in _PROBE_CHUNKS:
                 self.runner = self.base.with_chunks(chunks, chunks)
-                peaks.append(peak_memory_bytes(call, device=self.device))
+                peaks.append(peak_activation_bytes(call, model, device=self.device))
         (n1, n2), (p1, p2) = _PROBE_CHUNKS, peaks
         sliced = max(0.0, (p1 - p2) / (1 / n1 - 1 / n2))
         fixed = p1 - sliced / n1
@@ -417,7 +418,7 @@ def slicing_config_from_option(value: str | None, device: torch.device | str = "
 
 
 def _import_model_slicers() -> None:
-    from reelkit.accel import slicing_models  # noqa: F401  (registers diffusers' UNets and the VAE decoders)
+    from reelkit.accel import slicing_models, slicing_unets  # noqa: F401  (register diffusers' UNets, VAEs)
 
 
 def apply_feature_slicing(model: nn.Module, config: SlicingConfig | None = None) -> nn.Module:

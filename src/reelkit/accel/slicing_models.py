@@ -137,8 +137,11 @@ def _space(x: torch.Tensor, frames: int) -> torch.Tensor:
 
 def slice_spatio_temporal_res_block(block: SpatioTemporalResBlock, runner: SliceRunner, forward: Callable,
                                     hidden_states: torch.Tensor, temb: torch.Tensor | None = None,
-                                    image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
+                                    image_only_indicator: torch.Tensor | None = None,
+                                    spatial_output: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     """The spatial ResNet on ``B*F`` rows, then ``temporal_res_block -> time_mixer`` per slice of space.
+    ``spatial_output`` computes the spatial ResNet's output instead (an up block's, fused with its skip
+    concatenation, :mod:`reelkit.accel.slicing_unets`).
 
     ``TemporalResnetBlock`` is re-run here op by op (norm1, conv1, +temb, norm2, conv2, shortcut: its own
     forward) because its two GroupNorms span space: norm1 takes statistics of the full input, norm2 of the
@@ -149,11 +152,14 @@ def slice_spatio_temporal_res_block(block: SpatioTemporalResBlock, runner: Slice
     rows = hidden_states.shape[0]
     space = hidden_states.shape[-2] * hidden_states.shape[-1]
     slices = chunk_slices(space, runner.spatial_chunks)
-    if len(slices) == 1 and len(chunk_slices(rows, runner.frame_chunks)) == 1:
+    if spatial_output is None and len(slices) == 1 and len(chunk_slices(rows, runner.frame_chunks)) == 1:
         return forward(hidden_states, temb, image_only_indicator=image_only_indicator)
 
     spatial = block.spatial_res_block
-    out = slice_rows(spatial, runner, spatial.forward, hidden_states, temb).contiguous()
+    if spatial_output is None:
+        out = slice_rows(spatial, runner, spatial.forward, hidden_states, temb).contiguous()
+    else:
+        out = spatial_output().contiguous()
     video = _space(out, frames)  # (B, C, F, S), a view of ``out``
     batch = video.shape[0]
     tres = block.temporal_res_block
@@ -240,8 +246,10 @@ def slice_alpha_blender(blender: AlphaBlender, runner: SliceRunner, forward: Cal
 def slice_motion_module(module: AnimateDiffTransformer3D, runner: SliceRunner, forward: Callable,
                         hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                         timestep: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
-                        num_frames: int = 1, cross_attention_kwargs: dict | None = None) -> torch.Tensor:
-    """``norm -> proj_in -> transformer blocks -> proj_out -> +residual`` as one group per slice of space.
+                        num_frames: int = 1, cross_attention_kwargs: dict | None = None,
+                        overwrite: bool = False) -> torch.Tensor:
+    """``norm -> proj_in -> transformer blocks -> proj_out -> +residual`` as one group per slice of space;
+    with ``overwrite`` (its caller owns the input) each slice's result is written back over the input.
 
     Re-run op by op (the module's own sequence) because its GroupNorm spans space (statistics of the full
     input come first) and its reshape moves locations into the batch axis; everything after the norm
@@ -255,7 +263,8 @@ def slice_motion_module(module: AnimateDiffTransformer3D, runner: SliceRunner, f
     batch = bf // num_frames
     x = hidden_states.contiguous()
     video = _space(x, num_frames)  # (B, C, F, S)
-    out = torch.empty_like(x)
+    # each slice reads only its own locations (the norm's statistics are taken first), so it can replace them
+    out = x if overwrite else torch.empty_like(x)
     out_frames = out.view(batch, num_frames, channels, space)
     x_frames = x.view(batch, num_frames, channels, space)
     context = None

@@ -24,6 +24,8 @@ torch.Size([1, 8, 5, 8, 8])
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
@@ -101,12 +103,18 @@ def check_latents(name: str, latents: torch.Tensor, in_channels: int, p: int) ->
                          f"by {p}; got {tuple(latents.shape)}")
 
 
+def sincos_factors(dim: int, num_frames: int, h: int, w: int, base_size: int, device=None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of :func:`sincos_positions`: ``(T, dim)`` over frames and ``(h*w, dim)`` within them."""
+    spatial = get_2d_sincos_pos_embed(dim, (h, w), base_size=base_size, device=device)  # (S, C)
+    frames = torch.arange(num_frames, device=device, dtype=torch.float32)
+    return get_1d_sincos_pos_embed_from_grid(dim, frames), spatial  # (T, C), (S, C)
+
+
 def sincos_positions(dim: int, num_frames: int, h: int, w: int, base_size: int, device=None) -> torch.Tensor:
     """``(T*h*w, dim)``: a 2D sin-cos grid within frames (laid out for ``base_size``; other sizes
     interpolate) plus a 1D sin-cos over frames."""
-    spatial = get_2d_sincos_pos_embed(dim, (h, w), base_size=base_size, device=device)  # (S, C)
-    frames = torch.arange(num_frames, device=device, dtype=torch.float32)
-    temporal = get_1d_sincos_pos_embed_from_grid(dim, frames)  # (T, C)
+    temporal, spatial = sincos_factors(dim, num_frames, h, w, base_size, device)
     return (temporal[:, None] + spatial[None]).reshape(num_frames * h * w, dim)
 
 
@@ -244,19 +252,21 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         for block in self.transformer_blocks:
             block.scale_shift_table.data[2::3].zero_()  # gates
 
-    def positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
-        """Sinusoidal embeddings ``(T*S, C)``: a 2D grid within frames plus a 1D one over frames (memoised:
-        building them costs as much as a few blocks at demo sizes, and cached steps would pay it each time)."""
-        key = (num_frames, height, width, self.device, self.dtype)
+    def positions(self, num_frames: int, height: int, width: int, tokens: slice = slice(None)) -> torch.Tensor:
+        """Sinusoidal embeddings ``(n, C)`` of the ``tokens`` of a ``T*S`` clip: a 2D grid within frames plus
+        a 1D one over frames. The two grids are memoised (building them costs as much as a few blocks at demo
+        sizes, and cached steps would pay it each time); their sum is made per call, for the tokens asked,
+        so a sliced model never holds a full-size table."""
+        key = (num_frames, height, width, self.device)
         cache = self.__dict__.setdefault("_positions_cache", {})
         if key not in cache:
-            cache[key] = self._positions(num_frames, height, width).to(self.dtype)
-        return cache[key]
-
-    def _positions(self, num_frames: int, height: int, width: int) -> torch.Tensor:
-        dim = self.config.num_attention_heads * self.config.attention_head_dim
-        base = max(1, self.config.sample_size // self.config.patch_size)
-        return sincos_positions(dim, num_frames, height, width, base, self.device)
+            dim = self.config.num_attention_heads * self.config.attention_head_dim
+            base = max(1, self.config.sample_size // self.config.patch_size)
+            cache[key] = sincos_factors(dim, num_frames, height, width, base, self.device)
+        temporal, spatial = cache[key]
+        index = torch.arange(num_frames * height * width, device=self.device)[tokens]
+        S = height * width
+        return (temporal[index // S] + spatial[index % S]).to(self.dtype)
 
     token_chunks: int = 1  # Feature Slicing sets it to run the per-token embedding and output head in slices
 
@@ -275,6 +285,26 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
             out[:, s] = part
         return out
 
+    def _embed(self, patches: torch.Tensor, grid: tuple[int, int, int], s: slice) -> torch.Tensor:
+        return self.patch_embed(patches[:, s]) + self.positions(*grid, s).to(patches.dtype)
+
+    def _head_into_sample(self, head, B: int, T: int, h: int, w: int, p: int) -> torch.Tensor:
+        """The output head on ``token_chunks`` slices of whole token rows, each written straight into the
+        ``(B, C, T, H, W)`` sample through a strided view, so no full-size token tensor is left to unpatchify."""
+        C = self.proj_out.out_features // (p * p)
+        sample = None
+        rows = T * h  # a row is ``w`` tokens
+        step = -(-rows // self.token_chunks)
+        for start in range(0, rows, step):
+            r = slice(start, min(start + step, rows))
+            part = head(slice(r.start * w, r.stop * w))  # (B, n*w, C*p*p)
+            if sample is None:
+                sample = part.new_empty(B, C, T, h * p, w * p)
+                # (B, T*h, w, C, p, p): a view, since T's stride is h times h's stride
+                out_rows = sample.view(B, C, T, h, p, w, p).permute(0, 2, 3, 5, 1, 4, 6).flatten(1, 2)
+            out_rows[:, r] = part.view(B, r.stop - r.start, w, C, p, p)
+        return sample
+
     def _guidance_condition(self, guidance, batch: int, x: torch.Tensor) -> torch.Tensor | None:
         if (guidance is None) != (not self.config.guidance_embed):
             raise ShapeError("this VideoDiT is guidance-distilled: pass guidance=w" if guidance is None else
@@ -292,9 +322,8 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         B, C, T, H, W = hidden_states.shape
         h, w = H // p, W // p
         patches = patchify(hidden_states, p)
-        positions = self.positions(T, h, w)
-        x = self._per_token(lambda s: self.patch_embed(patches[:, s]) + positions[s].to(patches.dtype),
-                            T * h * w)  # (B, T*S, D)
+        x = self._per_token(functools.partial(self._embed, patches, (T, h, w)), T * h * w)  # (B, T*S, D)
+        del patches  # a copy of the latents, dead from here on
         D = x.shape[-1]
         x = self.shard_tokens(x.view(B, T, h * w, D)).flatten(1, 2)  # (B, T*S/N, D) on each of N parallel ranks
 
@@ -312,12 +341,18 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
 
         x = self.gather_tokens(x.view(B, T, -1, D)).flatten(1, 2)  # (B, T*S, D)
         shift, scale = (self.scale_shift_out[None] + t_emb[:, None]).unbind(1)  # (B, D) each
-        x = self._per_token(lambda s: self.proj_out(modulate(self.norm_out(x[:, s]), shift[:, None], scale[:, None])),
-                            T * h * w)  # (B, T*S, p*p*C_out)
-        sample = unpatchify(x, T, h, w, p)
+
+        def head(s: slice) -> torch.Tensor:  # (B, n, p*p*C_out)
+            return self.proj_out(modulate(self.norm_out(x[:, s]), shift[:, None], scale[:, None]))
+
+        if self.token_chunks <= 1:
+            sample = unpatchify(head(slice(None)), T, h, w, p)
+        else:
+            sample = self._head_into_sample(head, B, T, h, w, p)
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
 
 
-__all__ = ["VideoDiT", "VideoDiTBlock", "check_latents", "modulate", "patchify", "sincos_positions", "unpatchify"]
+__all__ = ["VideoDiT", "VideoDiTBlock", "check_latents", "modulate", "patchify", "sincos_factors", "sincos_positions",
+           "unpatchify"]

@@ -1,7 +1,7 @@
 """Bench suite ``memory``: peak activation memory of Feature Slicing + Operator Grouping.
 
 Subjects (``model`` column), each at three video sizes (``frames`` x ``size``, in pixels; latents are 8x
-smaller) with a classifier-free-guidance batch of 2, fp32:
+smaller, 4x for the teacher's CV-VAE) with a classifier-free-guidance batch of 2, fp32:
 
 * ``teacher``: the bundled VideoDiT;
 * ``svd_unet``: a diffusers ``UNetSpatioTemporalConditionModel`` (SVD's architecture, narrower, random
@@ -12,9 +12,10 @@ Rows (``method``): ``plain`` (the unhooked model), ``naive_clip_slicing`` (the c
 clips run one after the other: the paper's baseline, which breaks temporal layers), ``feature_slicing``
 (``SlicingConfig(frame_chunks, spatial_chunks)``) and ``feature_slicing_budget`` (``max_memory`` set to a
 quarter of the plain peak; the chunk counts it picked are reported). Figures: ``peak_mem_bytes`` (tensors
-allocated during one denoiser call: activations and output; ``torch.cuda.max_memory_allocated`` minus the
-weights on CUDA), ``memory_reduction`` (plain / row), ``latency_s`` (median), ``latency_overhead`` (row / plain
-- 1) and ``max_abs_diff`` against the plain output. A PNG of peak memory against video size is saved next to
+allocated during one denoiser call: activations and output, weights left out; :func:`reelkit.memory.
+peak_activation_bytes`), ``memory_reduction`` (plain / row),
+``latency_s`` (median), ``latency_overhead`` (row / plain - 1) and ``max_abs_diff`` against the plain
+output. A PNG of peak memory against video size is saved next to
 the JSON.
 """
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from reelkit.accel.slicing import SlicingConfig, apply_feature_slicing, feature_slicing_chunks, remove_feature_slicing
 from reelkit.eval.bench import BenchContext
+from reelkit.memory import peak_activation_bytes
 
 BATCH = 2  # a classifier-free-guidance batch
 NAIVE_CLIPS = 4
@@ -38,7 +40,7 @@ SIZES = {  # (frames, pixel size)
             "animatediff_unet": [(8, 256), (16, 256), (16, 512)]},
     True: {"teacher": [(17, 128)], "svd_unet": [(8, 128)], "animatediff_unet": [(8, 128)]},
 }
-CHUNKS = {"teacher": (8, 8), "svd_unet": (8, 8), "animatediff_unet": (8, 8)}
+CHUNKS = {"teacher": (16, 16), "svd_unet": (16, 16), "animatediff_unet": (16, 16)}
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -63,6 +65,7 @@ class Subject:
     call: Callable[[int, int, slice | None], Callable[[], torch.Tensor]]  # (frames, latent side, clip)
     latent_frames: Callable[[int], int]
     frame_dim: int  # where the frames are in the output
+    spatial_compression: int = 8  # pixels per latent pixel of the VAE the denoiser works with
 
 
 def _load_teacher():
@@ -75,7 +78,8 @@ LOAD_TEACHER = _load_teacher
 
 
 def _teacher(device: torch.device) -> Subject:
-    model = LOAD_TEACHER().transformer.float().eval().to(device)
+    pipe = LOAD_TEACHER()
+    model = pipe.transformer.float().eval().to(device)
     text = _randn(BATCH, 16, model.config.text_dim, seed=1).to(device)
 
     def call(frames: int, side: int, clip: slice | None):
@@ -83,7 +87,8 @@ def _teacher(device: torch.device) -> Subject:
         latents = latents if clip is None else latents[:, :, clip]
         return lambda: model(latents, 500.0, text).sample
 
-    return Subject("teacher", model, call, lambda f: 1 + (f - 1) // 4, frame_dim=2)
+    return Subject("teacher", model, call, lambda f: 1 + (f - 1) // 4, frame_dim=2,
+                   spatial_compression=pipe.vae.spatial_compression)
 
 
 def _svd_unet(device: torch.device) -> Subject:
@@ -134,11 +139,11 @@ def _naive(subject: Subject, frames: int, side: int) -> Callable[[], torch.Tenso
     return lambda: torch.cat([call() for call in calls], dim=subject.frame_dim)
 
 
-def _measure(ctx: BenchContext, subject: Subject, call: Callable[[], torch.Tensor], weights: int,
+def _measure(ctx: BenchContext, subject: Subject, call: Callable[[], torch.Tensor],
              reference: torch.Tensor | None) -> dict:
     with torch.no_grad():
         output = call()
-        peak = ctx.peak_memory(call) - (weights if ctx.device.type == "cuda" else 0)
+        peak = peak_activation_bytes(call, subject.model, device=ctx.device)
         timing = ctx.time(call)
     figures = {"peak_mem_bytes": int(peak), "latency_s": timing.median_s}
     if reference is not None:
@@ -154,14 +159,13 @@ def run(ctx: BenchContext) -> list[dict]:
     rows = []
     for name, build in builders.items():
         subject = build(ctx.device)
-        weights = sum(p.numel() * p.element_size() for p in subject.model.parameters())
         for frames, size in sizes[name]:
-            latent_frames, side = subject.latent_frames(frames), size // 8
+            latent_frames, side = subject.latent_frames(frames), size // subject.spatial_compression
             base = {"model": name, "frames": frames, "size": size}
             call = subject.call(latent_frames, side, None)
             with torch.no_grad():
                 reference = call()
-            plain = _measure(ctx, subject, call, weights, None)
+            plain = _measure(ctx, subject, call, None)
             rows.append({"method": "plain", **base, **plain, "memory_reduction": 1.0, "latency_overhead": 0.0,
                          "max_abs_diff": 0.0})
             advance()
@@ -170,11 +174,11 @@ def run(ctx: BenchContext) -> list[dict]:
                        "feature_slicing_budget": SlicingConfig(max_memory=max(1, plain["peak_mem_bytes"] // 4))}
             for method, config in configs.items():
                 if config is None:
-                    figures = _measure(ctx, subject, _naive(subject, latent_frames, side), weights, reference)
+                    figures = _measure(ctx, subject, _naive(subject, latent_frames, side), reference)
                 else:
                     apply_feature_slicing(subject.model, config)
                     try:
-                        figures = _measure(ctx, subject, call, weights, reference)
+                        figures = _measure(ctx, subject, call, reference)
                         figures["chunks"] = list(feature_slicing_chunks(subject.model))
                     finally:
                         remove_feature_slicing(subject.model)
