@@ -264,9 +264,9 @@ def test_a_run_with_shape_twins_pairs_each_twin_with_its_clip_under_one_noise(tm
     seen = []
     original = recipe.flow_matching_loss
 
-    def spy(denoiser, latents, tokens, *args):
+    def spy(denoiser, latents, tokens, *args, **kwargs):
         seen.append((len(latents), args[-1]))
-        return original(denoiser, latents, tokens, *args)
+        return original(denoiser, latents, tokens, *args, **kwargs)
 
     monkeypatch.setattr(recipe, "flow_matching_loss", spy)
     run(write_config(tmp_path, tiny_vae_dir, twin_clips=4, twin_pairs=2, twin_cache=str(tmp_path / "twins")))
@@ -291,3 +291,41 @@ def test_paired_samples_share_their_noise():
                        torch.Generator().manual_seed(0), paired=2)
     noisy, timestep = inputs[0]
     assert torch.equal(noisy[3], noisy[1]) and timestep[3] == timestep[1] and timestep[2] == timestep[0]
+
+
+def test_a_shape_probe_run_logs_the_probe_and_exports_only_the_pipeline(tmp_path, tiny_vae_dir):
+    model_dir = run(write_config(tmp_path, tiny_vae_dir, shape_probe=1.0, shape_probe_min_sigma=0.0,
+                                 caption_dropout=0.0))
+    header, *rows = (tmp_path / "run" / "loss.csv").read_text().splitlines()
+    assert header.split(",")[:3] == ["step", "loss", "shape_probe"] and len(rows) == 3
+    assert LatentCache(tmp_path / "cache").has_coverage  # the probe pools over the objects
+    pipe = load_text_to_video(model_dir)  # the probe stays behind: the exported model is a plain VideoDiT
+    assert not any("probe" in name for name, _ in pipe.transformer.named_parameters())
+
+
+def test_the_shape_probe_reads_the_features_on_the_object_only():
+    from reelkit.models.dit import VideoDiT
+    from reelkit.models.text import WorldTextEncoder
+    from reelkit.train.t2v import Denoiser
+
+    transformer = VideoDiT(num_layers=1, num_attention_heads=2, attention_head_dim=8, text_dim=16, patch_size=2)
+    text_encoder = WorldTextEncoder(dim=16, num_layers=1, num_heads=2)
+    denoiser = Denoiser(transformer, text_encoder, shape_probe=True)
+    features = torch.randn(2, 2 * 4 * 4, 16, requires_grad=True)  # (B, T*S, D): 2 frames of 4x4 tokens
+    denoiser.features = features
+    coverage = torch.zeros(2, 2, 8, 8)  # (B, T, H, W) latent pixels; the patch is 2
+    coverage[:, 0, :2, :2] = 1  # the object covers the first token of the first frame
+    loss = denoiser.shape_probe_loss(coverage, torch.tensor([3, 1]), torch.tensor([True, False]))
+    loss.backward()
+    touched = features.grad.abs().sum(-1)  # (B, T*S)
+    assert touched[0, 0] > 0 and touched[0, 1:].sum() == 0 and touched[1].sum() == 0
+    none = denoiser.shape_probe_loss(coverage, torch.tensor([3, 1]), torch.tensor([False, False]))
+    assert none.item() == 0.0
+
+
+@pytest.mark.parametrize("override", [{"shape_probe": -1.0}, {"shape_probe_min_sigma": 1.0}])
+def test_shape_probe_settings_out_of_range_are_refused(override):
+    from reelkit.train.t2v import T2VTrainConfig
+
+    with pytest.raises(ReelkitError, match="shape_probe"):
+        T2VTrainConfig(**override)

@@ -12,17 +12,21 @@ import torch.nn.functional as F
 
 def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator: torch.Generator,
                        logit_mean: float = 0.0, logit_std: float = 1.0, weight: torch.Tensor | None = None,
-                       weight_sigmas: tuple[float, float] | None = None, paired: int = 0) -> torch.Tensor:
+                       weight_sigmas: tuple[float, float] | None = None, paired: int = 0,
+                       sigmas_out: list | None = None) -> torch.Tensor:
     """Rectified-flow velocity loss with logit-normal noise levels (SD3, section 3.1); ``weight`` (broadcast to
     the latents, e.g. ``(B, 1, T, h, w)``) weighs the squared error per latent pixel (normalised by its mean),
     only on the samples whose noise level lies in ``weight_sigmas = (low, high)`` when that is given. ``paired``:
     the last ``paired`` samples are twins of the ``paired`` before them and get the same noise and noise level,
-    so the pair differs only in what its captions and clips differ in."""
+    so the pair differs only in what its captions and clips differ in. ``sigmas_out``: a list that receives
+    the ``(B,)`` noise levels drawn (for an auxiliary loss on the same forward)."""
     sigma = torch.sigmoid(logit_mean + logit_std * torch.randn(len(latents), generator=generator))
     noise = torch.randn(latents.shape, generator=generator)
     if paired:
         sigma[-paired:], noise[-paired:] = sigma[-2 * paired:-paired], noise[-2 * paired:-paired]
     sigma, noise = sigma.to(latents.device), noise.to(latents.device)
+    if sigmas_out is not None:
+        sigmas_out.append(sigma)
     s = sigma.view(-1, 1, 1, 1, 1)
     noisy = (1 - s) * latents + s * noise
     prediction = denoiser(noisy, sigma * 1000, tokens["input_ids"], tokens["attention_mask"])

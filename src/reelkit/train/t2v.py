@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from reelkit.data.world import SHAPES
 from reelkit.errors import ReelkitError
 from reelkit.loading import save_pipeline_without_vae
 from reelkit.objectives.flow_matching import flow_matching_loss
@@ -71,6 +73,9 @@ class T2VTrainConfig:
     twin_clips: int = 0  # > 0: also encode the shape twins of the first N clips (same scene, other shapes) and
     twin_cache: str = "runs/t2v_twins"  # train on twin_pairs of them a step, each pair with one noise: the pair
     twin_pairs: int = 16  # differs only in its shape words and shapes, which teaches the model to read them
+    shape_probe: float = 0.0  # > 0: a linear probe on the last block's features, pooled over the object of each
+    shape_probe_min_sigma: float = 0.5  # captioned one-object clip noised to at least this level, must name its
+    # shape (cross-entropy, this weight): where the noise hides the shape, the features must take it from the words
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
@@ -95,6 +100,9 @@ class T2VTrainConfig:
                                f"{self.object_weight_max_sigma}")
         if self.object_weight_steps is not None and self.object_weight_steps < 0:
             raise ReelkitError(f"object_weight_steps must be >= 0 (null: every step), got {self.object_weight_steps}")
+        if not 0 <= self.shape_probe <= 100 or not 0 <= self.shape_probe_min_sigma < 1:
+            raise ReelkitError(f"shape_probe must lie in 0 .. 100 (0: off) and shape_probe_min_sigma in [0, 1); got "
+                               f"{self.shape_probe}, {self.shape_probe_min_sigma}")
         if self.twin_clips and (self.twin_clips > self.cache_clips or self.twin_pairs < 1 or self.object_weight):
             raise ReelkitError("twin_clips must lie in 1 .. cache_clips, with twin_pairs >= 1 and no object_weight")
         if self.eval_every < 0 or not 1 <= self.eval_prompts <= 512 or self.eval_steps < 1:
@@ -104,15 +112,36 @@ class T2VTrainConfig:
 class Denoiser(torch.nn.Module):
     """Text encoder + transformer as one module, so one DDP wrapper trains both."""
 
-    def __init__(self, transformer, text_encoder):
+    def __init__(self, transformer, text_encoder, shape_probe: bool = False):
         super().__init__()
         self.transformer = transformer
         self.text_encoder = text_encoder
+        # the shape probe reads the last block's features (B, T*S, D); it trains with the model, never exported
+        self.shape_probe = torch.nn.Linear(transformer.proj_out.in_features, len(SHAPES)) if shape_probe else None
+        self.features = None
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         text = self.text_encoder(input_ids, attention_mask)
-        return self.transformer(noisy, timestep, text).sample
+        if self.shape_probe is None:
+            return self.transformer(noisy, timestep, text).sample
+        handle = self.transformer.transformer_blocks[-1].register_forward_hook(
+            lambda module, args, output: setattr(self, "features", output))
+        try:
+            return self.transformer(noisy, timestep, text).sample
+        finally:
+            handle.remove()
+
+    def shape_probe_loss(self, coverage: torch.Tensor, shapes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the probe on the object-pooled features of the samples ``keep`` marks; ``coverage``
+        is (B, T, H, W) at latent resolution, ``shapes`` (B,) class indices."""
+        features = self.features[:len(coverage)].float()  # (B, T*S, D)
+        p = self.transformer.config.patch_size
+        on_tokens = F.avg_pool2d(coverage.flatten(0, 1)[:, None].to(features), p).view(len(coverage), -1)  # (B, T*S)
+        pooled = (on_tokens[..., None] * features).sum(1) / on_tokens.sum(1, keepdim=True).clamp_min(1e-6)
+        if not keep.any():
+            return features.sum() * 0.0
+        return F.cross_entropy(self.shape_probe(pooled[keep]), shapes[keep])
 
 
 def plot_losses(csv_path: Path, png_path: Path) -> None:
@@ -193,7 +222,7 @@ class T2VRecipe(Recipe):
         if accelerator.is_main_process:
             build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=self.vae,
                                progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
-            if config.object_weight > 0:
+            if config.object_weight > 0 or config.shape_probe > 0:
                 add_coverage(config.latent_cache)
             if config.twin_clips:
                 build_latent_cache(config.twin_cache, config.twin_clips, config.num_frames, config.size, vae=self.vae,
@@ -215,7 +244,9 @@ class T2VRecipe(Recipe):
         transformer, text_encoder, self.tokenizer = build_components(self.config, self.vae.spatial_compression)
         if self.config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        self.denoiser = Denoiser(transformer, text_encoder)
+        self.denoiser = Denoiser(transformer, text_encoder, shape_probe=self.config.shape_probe > 0)
+        if self.config.shape_probe > 0:
+            self.figures = ("loss", "shape_probe")
         self.ema = EMAModel(self.denoiser.parameters(), decay=self.config.ema_decay)
 
     def _setup_optimizer(self) -> None:
@@ -270,14 +301,25 @@ class T2VRecipe(Recipe):
                                                  or self.step < config.object_weight_steps)
         if weighted:  # (B, 1, 1+k, h, w): the objects weigh more than the background
             weight = 1 + config.object_weight * batch["coverage"][:, None].to(accelerator.device)
+        sigmas: list = []
         with autocast(config.mixed_precision, accelerator.device):
             loss = flow_matching_loss(self.denoiser, latents, tokens, generator, config.logit_mean, config.logit_std,
                                       weight, None if config.object_weight_max_sigma is None else
-                                      (config.object_weight_min_sigma, config.object_weight_max_sigma), paired)
+                                      (config.object_weight_min_sigma, config.object_weight_max_sigma), paired,
+                                      sigmas_out=sigmas)
+        figures = {"loss": loss.item()}
+        if config.shape_probe > 0:
+            B = len(batch["caption"])
+            keep = ((batch["num_objects"] == 1) & torch.tensor([c != "" for c in captions[:B]])).to(sigmas[0].device)
+            keep &= sigmas[0][:B] >= config.shape_probe_min_sigma
+            probe = accelerator.unwrap_model(self.denoiser).shape_probe_loss(
+                batch["coverage"].to(accelerator.device), batch["shape"][:, 0].to(accelerator.device), keep)
+            loss = loss + config.shape_probe * probe
+            figures["shape_probe"] = probe.item()
         apply_gradients(accelerator, loss, self.denoiser.parameters(), self.optimizer, self.scheduler,
                         config.grad_clip)
         self.ema.step(accelerator.unwrap_model(self.denoiser).parameters())
-        return {"loss": loss.item()}
+        return figures
 
     def after_step(self) -> None:
         if self.monitor is not None and (self.step % self.config.eval_every == 0 or self.step == self.config.max_steps):
