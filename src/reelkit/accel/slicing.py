@@ -368,7 +368,7 @@ class _Plan:
     def choose(self, call: Callable[[], Any], model: nn.Module) -> tuple[int, int]:
         """Measure the activation peak (``model``'s weights left out) at two chunk counts, fit ``peak = fixed
         + sliced / chunks`` and take the fewest chunks that fit the budget (the most the probe allows when
-        none does)."""
+        none does), checked by one more measurement (raised while the measured peak is over)."""
         from reelkit.memory import peak_activation_bytes
 
         peaks = []
@@ -387,6 +387,12 @@ class _Plan:
                            "using %d chunks", budget / 2**20, (fixed + sliced / most) / 2**20, most)
             return most, most
         chunks = math.ceil(sliced / (budget - fixed))
+        with torch.no_grad():
+            for _ in range(3):  # the fit is only linear: measure the pick, add chunks while it is over budget
+                self.runner = self.base.with_chunks(chunks, chunks)
+                if chunks >= most or peak_activation_bytes(call, model, device=self.device) <= budget:
+                    break
+                chunks = min(most, max(chunks + 1, math.ceil(chunks * 1.5)))
         return chunks, chunks
 
 

@@ -1,17 +1,25 @@
-"""Feature Slicing for the video UNets' up blocks: the skip concatenation fused into the sliced ResNet.
+"""Feature Slicing for the video UNets: fused up blocks and SVD's spatio-temporal transformer.
 
-Before each ResNet an up block runs ``torch.cat([hidden, skip], dim=1)``: a full-resolution tensor with the
-channels of both, held while the ResNet runs. In a sliced UNet it is the largest activation left: at the top
-level of AnimateDiff's UNet the concatenation is three times the block's output. These slicers run the up
-block's own sequence (diffusers' ``forward``, re-run step by step as :func:`~reelkit.accel.slicing_models.
-slice_temporal_decoder` does for the VAE) with each ResNet fed slice by slice: a slice of ``B*F`` rows
-concatenates only its own rows of ``hidden`` and ``skip``, so the full concatenation never exists. The
-attentions, motion modules and upsamplers in between are sliced by their own hooks. Exact: concatenation and
-a per-row ResNet commute with slicing rows.
+What a sliced UNet still held at full size, and what this module does about it:
+
+* **The skip concatenation.** Before each ResNet an up block runs ``torch.cat([hidden, skip], dim=1)``, a
+  full-resolution tensor with the channels of both. :func:`slice_up_block` re-runs the up block's own
+  sequence (diffusers' ``forward`` step by step, as :func:`~reelkit.accel.slicing_models.
+  slice_temporal_decoder` does for the VAE) and feeds each ResNet slice by slice: a slice of ``B*F`` rows
+  concatenates only its own rows, so the full concatenation never exists (concatenation and a per-row
+  ResNet commute with slicing rows: exact).
+* **The up block's input.** The UNet's loop holds the input of the running up block (the upsampled features
+  of the level below, twice the block's width at the top level) until the block returns. Inside a sliced
+  UNet (:func:`slice_unet`) that input is dead afterwards, so the block writes its ResNets', attentions' and
+  motion modules' outputs over its storage instead of allocating new full-size tensors. Called on its own,
+  an up block leaves its inputs intact.
+* **SVD's ``TransformerSpatioTemporalModel``**, whose forward keeps about six full-size tensors alive, runs
+  as two operator groups around one inner tensor (:func:`slice_spatio_temporal_transformer`).
 
 Served: AnimateDiff's ``UpBlockMotion`` / ``CrossAttnUpBlockMotion`` and SVD's ``UpBlockSpatioTemporal`` /
-``CrossAttnUpBlockSpatioTemporal``. FreeU (which rescales ``hidden`` and ``skip`` before the concatenation)
-and gradient checkpointing run the block's own forward.
+``CrossAttnUpBlockSpatioTemporal`` in ``UNetMotionModel`` / ``UNetSpatioTemporalConditionModel``. FreeU
+(which rescales ``hidden`` and ``skip`` before the concatenation), gradient checkpointing and another hook on
+a block run the block's own forward; pipelined CUDA slices never write over their input.
 """
 
 from __future__ import annotations
@@ -89,7 +97,7 @@ def _motion_module(module: nn.Module, runner: SliceRunner, hidden: torch.Tensor,
         return module(hidden, num_frames=num_frames)
     from reelkit.accel.slicing_models import slice_motion_module
 
-    return slice_motion_module(module, runner, forward, hidden, num_frames=num_frames, overwrite=True)
+    return slice_motion_module(module, runner, forward, hidden, num_frames=num_frames, overwrite=not runner.pipelined)
 
 
 def _rows_in_place(module: nn.Module, runner: SliceRunner, hidden: torch.Tensor, **kwargs) -> torch.Tensor:
