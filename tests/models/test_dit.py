@@ -117,3 +117,21 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = VideoDiT.from_pretrained(tmp_path / "dit").eval()
     latents, t, text = inputs()
     torch.testing.assert_close(loaded(latents, t, text).sample, model(latents, t, text).sample)
+
+
+@torch.no_grad()
+def test_the_convolutional_refiner_keeps_feature_slicing_exact():
+    from reelkit.accel.slicing import SlicingConfig, apply_feature_slicing, remove_feature_slicing
+
+    torch.manual_seed(0)
+    model = VideoDiT(num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16, refine_channels=4).eval()
+    for parameter in model.refine.parameters():
+        parameter.normal_(std=0.1)
+    latents, text = torch.randn(2, 8, 3, 8, 8), torch.randn(2, 5, 16)
+    plain = model(latents, 400.0, text).sample
+    apply_feature_slicing(model, SlicingConfig(frame_chunks=3, spatial_chunks=2))
+    try:
+        sliced = model(latents, 400.0, text).sample
+    finally:
+        remove_feature_slicing(model)
+    torch.testing.assert_close(sliced, plain, atol=1e-5, rtol=0)

@@ -225,22 +225,26 @@ def test_object_weight_noise_level_must_lie_in_the_unit_interval(value):
         T2VTrainConfig(object_weight_max_sigma=value)
 
 
-def test_a_warm_start_may_add_the_pooled_text_modulation_and_starts_as_the_loaded_model(tmp_path, tiny_vae_dir):
+@pytest.mark.parametrize("added, layer", [({"pooled_text": True}, "text_pool"),
+                                          ({"refine_channels": 4}, "refine")])
+def test_a_warm_start_may_add_a_zero_started_layer_and_starts_as_the_loaded_model(tmp_path, tiny_vae_dir, added,
+                                                                                 layer):
     from reelkit.pipelines.text_to_video import tiny_pipeline
     from reelkit.train.t2v import T2VTrainConfig, build_components
 
     source = tiny_pipeline(open_gates=True)
     source.save_pretrained(tmp_path / "source")
     model = dict(num_layers=2, num_attention_heads=2, attention_head_dim=8)
-    config = T2VTrainConfig(model={**model, "pooled_text": True}, text_encoder=dict(dim=16, num_layers=1, num_heads=2),
+    config = T2VTrainConfig(model={**model, **added}, text_encoder=dict(dim=16, num_layers=1, num_heads=2),
                             size=32, init_from=str(tmp_path / "source"))
     transformer, text_encoder, _ = build_components(config)
-    assert transformer.text_pool is not None
+    assert getattr(transformer, layer) is not None
     latents, text = torch.randn(1, 8, 2, 4, 4), torch.randn(1, 24, 16)
     with torch.no_grad():
         torch.testing.assert_close(transformer.eval()(latents, torch.tensor([500.0]), text).sample,
                                    source.transformer(latents, torch.tensor([500.0]), text).sample)
-        transformer.text_pool.weight.normal_()  # once trained, the caption's mean changes the output
+        for parameter in getattr(transformer, layer).parameters():  # once trained, the new layer changes the output
+            parameter.normal_()
         assert not torch.allclose(transformer(latents, torch.tensor([500.0]), text).sample,
                                   source.transformer(latents, torch.tensor([500.0]), text).sample)
 

@@ -202,6 +202,11 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     modulates every block (the pooled text vector of SD3 and Flux): each token then reads the whole caption in
     its scale and shift, not only through cross-attention. The projection starts at zero, so a model warm-started
     from one without it starts as that model.
+
+    ``refine_channels=E`` adds a convolutional refiner after the linear head: each token also gives ``E`` feature
+    channels per latent pixel, and two 3x3 convs over each frame's latent (the head's output and those features)
+    add a correction, so an object's outline may cross the patch grid. Its last conv starts at zero (the same
+    warm start).
     """
 
     _supports_gradient_checkpointing = True
@@ -219,7 +224,7 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     def __init__(self, in_channels: int = 8, out_channels: int | None = None, patch_size: int = 2,
                  num_layers: int = 8, num_attention_heads: int = 4, attention_head_dim: int = 48,
                  text_dim: int = 128, mlp_ratio: float = 4.0, sample_size: int = 8, frequency_dim: int = 256,
-                 guidance_embed: bool = False, pooled_text: bool = False):
+                 guidance_embed: bool = False, pooled_text: bool = False, refine_channels: int = 0):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
@@ -235,6 +240,11 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.scale_shift_out = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, out_channels * patch_size**2)
+        self.proj_extra, self.refine = None, None
+        if refine_channels:
+            self.proj_extra = nn.Linear(dim, refine_channels * patch_size**2)
+            self.refine = nn.Sequential(nn.Conv2d(out_channels + refine_channels, 64, 3, padding=1), nn.SiLU(),
+                                        nn.Conv2d(64, out_channels, 3, padding=1))
         self.gradient_checkpointing = False
         self._zero_init()
 
@@ -243,6 +253,9 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         nn.init.zeros_(self.time_modulation[-1].weight)
         nn.init.zeros_(self.time_modulation[-1].bias)
         nn.init.zeros_(self.proj_out.weight)
+        if self.refine is not None:
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
         nn.init.zeros_(self.proj_out.bias)
         if self.time_embedding.cond_proj is not None:
             nn.init.zeros_(self.time_embedding.cond_proj.weight)
@@ -345,7 +358,13 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         def head(s: slice) -> torch.Tensor:  # (B, n, p*p*C_out)
             return self.proj_out(modulate(self.norm_out(x[:, s]), shift[:, None], scale[:, None]))
 
-        if self.token_chunks <= 1:
+        if self.refine is not None:
+            modulated = modulate(self.norm_out(x), shift[:, None], scale[:, None])
+            sample = unpatchify(self.proj_out(modulated), T, h, w, p)  # (B, C, T, H, W)
+            features = unpatchify(self.proj_extra(modulated), T, h, w, p)  # (B, E, T, H, W)
+            frames = torch.cat([sample, features], 1).transpose(1, 2).flatten(0, 1)  # (B*T, C+E, H, W)
+            sample = sample + self.refine(frames).view(B, T, -1, H, W).transpose(1, 2)
+        elif self.token_chunks <= 1:
             sample = unpatchify(head(slice(None)), T, h, w, p)
         else:
             sample = self._head_into_sample(head, B, T, h, w, p)

@@ -188,22 +188,28 @@ def build_components(config: T2VTrainConfig, spatial_compression: int = 8):
     return transformer, text_encoder, tokenizer
 
 
+# VideoDiT options whose new layers start at zero, so a warm start may add them: option -> its parameters
+ADDED_AT_ZERO = {"pooled_text": ("text_pool.",), "refine_channels": ("proj_extra.", "refine.")}
+
+
 def _warm_start(path: str, transformer, text_encoder):
     """The transformer and text encoder of the pipeline at ``path``, checked against the fresh ones. A config may
-    add the pooled-text modulation to a model without it: the fresh model takes the loaded weights and keeps
-    its zero-initialised projection, so it starts as the loaded model."""
+    add the pooled-text modulation or the convolutional refiner to a model without them: the fresh model takes
+    the loaded weights and keeps its zero-initialised additions, so it starts as the loaded model."""
     from reelkit.pipelines.text_to_video import load_text_to_video
 
     pipe = load_text_to_video(path)
-    adds_pooling = transformer.config.get("pooled_text") and not pipe.transformer.config.get("pooled_text")
+    added = [option for option in ADDED_AT_ZERO
+             if transformer.config.get(option) and not pipe.transformer.config.get(option)]
     for name, fresh, loaded in (("transformer", transformer, pipe.transformer),
                                 ("text_encoder", text_encoder, pipe.text_encoder)):
-        shown = architecture_differences(fresh, loaded, ignore=("pooled_text",) if adds_pooling else ())
+        shown = architecture_differences(fresh, loaded, ignore=tuple(added) if name == "transformer" else ())
         if shown:
             raise ReelkitError(f"init_from {path}: its {name} does not match the config ({shown})")
-    if adds_pooling:
+    if added:
         missing, unexpected = transformer.load_state_dict(pipe.transformer.float().state_dict(), strict=False)
-        assert not unexpected and all(key.startswith("text_pool.") for key in missing), (missing, unexpected)
+        prefixes = tuple(prefix for option in added for prefix in ADDED_AT_ZERO[option])
+        assert not unexpected and all(key.startswith(prefixes) for key in missing), (missing, unexpected)
         return transformer.train(), pipe.text_encoder.float().train()
     return pipe.transformer.float().train(), pipe.text_encoder.float().train()
 
