@@ -189,6 +189,11 @@ def _zip_tensors(fn: Callable[[torch.Tensor, torch.Tensor], Any], full: Any, par
             _zip_tensors(fn, getattr(full, f.name), getattr(part, f.name))
 
 
+def cut_rows(value: Any, s: slice, rows: int) -> Any:
+    """``value[s]`` for a tensor whose leading axis holds the ``rows`` being sliced; anything else whole."""
+    return value[s] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows else value
+
+
 def slice_rows(module: nn.Module, runner: SliceRunner, forward: Callable, *args, **kwargs) -> Any:
     """Spatial slicer: ``forward`` treats the rows of dim 0 (``B*F`` frames) independently, so it runs on
     ``frame_chunks`` slices of them; every tensor argument with the same leading size is sliced alike
@@ -200,11 +205,9 @@ def slice_rows(module: nn.Module, runner: SliceRunner, forward: Callable, *args,
         return forward(*args, **kwargs)
     output = _Output(rows)
 
-    def cut(value: Any, s: slice) -> Any:
-        return value[s] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows else value
-
     def group(s: slice) -> None:
-        output.write(s, forward(*(cut(a, s) for a in args), **{k: cut(v, s) for k, v in kwargs.items()}))
+        output.write(s, forward(*(cut_rows(a, s, rows) for a in args),
+                                **{k: cut_rows(v, s, rows) for k, v in kwargs.items()}))
 
     runner.run(group, slices, hidden.device)
     return output.value
@@ -476,6 +479,6 @@ def _register_reelkit_models() -> None:
 
 _register_reelkit_models()
 
-__all__ = ["SliceRunner", "SlicingConfig", "SlicingError", "apply_feature_slicing", "chunk_slices",
+__all__ = ["SliceRunner", "SlicingConfig", "SlicingError", "apply_feature_slicing", "chunk_slices", "cut_rows",
            "feature_slicing_chunks", "free_memory_bytes", "group_norm_apply", "group_norm_statistics", "parse_bytes",
            "register_slicer", "remove_feature_slicing", "slice_rows", "slicing_config_from_option"]

@@ -40,7 +40,7 @@ from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemp
 from torch import nn
 
 from reelkit.accel._diffusers_compat import get_hook, hook_names
-from reelkit.accel.slicing import _BLOCK_HOOK, SliceRunner, chunk_slices, register_slicer
+from reelkit.accel.slicing import _BLOCK_HOOK, SliceRunner, chunk_slices, cut_rows, register_slicer
 
 
 def _unhooked(module: nn.Module) -> Callable | None:
@@ -58,10 +58,9 @@ def _concat_rows(runner: SliceRunner, forward: Callable, hidden: torch.Tensor, s
     ``hidden``'s own storage: output rows ``[a, b)`` are copied in once computed and cover at most input
     rows ``[0, b)``, all consumed by then, since an output row is no larger than an input row."""
     rows = hidden.shape[0]
-    per_row = temb is not None and temb.ndim > 0 and temb.shape[0] == rows
     out = None
     for s in chunk_slices(rows, runner.frame_chunks):
-        y = forward(torch.cat([hidden[s], skip[s]], dim=1), temb[s] if per_row else temb)
+        y = forward(torch.cat([hidden[s], skip[s]], dim=1), cut_rows(temb, s, rows))
         if out is None:
             shape = (rows, *y.shape[1:])
             fits = reuse and hidden.is_contiguous() and hidden.dtype == y.dtype and y[0].numel() <= hidden[0].numel()
@@ -108,9 +107,7 @@ def _rows_in_place(module: nn.Module, runner: SliceRunner, hidden: torch.Tensor,
         return module(hidden, **kwargs)[0]
     rows = hidden.shape[0]
     for s in chunk_slices(rows, runner.frame_chunks):
-        cut = {k: v[s] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows else v
-               for k, v in kwargs.items()}
-        hidden[s] = forward(hidden[s], **cut)[0]
+        hidden[s] = forward(hidden[s], **{k: cut_rows(v, s, rows) for k, v in kwargs.items()})[0]
     return hidden
 
 

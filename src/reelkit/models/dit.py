@@ -253,10 +253,10 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         nn.init.zeros_(self.time_modulation[-1].weight)
         nn.init.zeros_(self.time_modulation[-1].bias)
         nn.init.zeros_(self.proj_out.weight)
-        if self.refine is not None:
+        nn.init.zeros_(self.proj_out.bias)
+        if self.refine is not None:  # the refiner's correction starts at zero too
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
-        nn.init.zeros_(self.proj_out.bias)
         if self.time_embedding.cond_proj is not None:
             nn.init.zeros_(self.time_embedding.cond_proj.weight)
         if self.text_pool is not None:
