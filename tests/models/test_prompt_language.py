@@ -1,5 +1,5 @@
-"""The words people write: size and speed words are accepted with a notice, background colours on objects are
-refused, and the pipeline, the batch generator, the world and the judge all read prompts the same way."""
+"""The words people write: size and speed words are accepted with a notice, background colours and textures on
+objects are refused, and the pipeline, the batch generator, the world and the judge all read prompts the same way."""
 
 import logging
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reelkit.data.captions import UNRENDERED_WORDS, VOCABULARY, drop_unrendered_words, parse_prompt
+from reelkit.data.world import random_scene
 from reelkit.errors import PromptError
 from reelkit.models.text import build_tokenizer, prepare_prompt
 from reelkit.pipelines.text_to_video import tiny_pipeline
@@ -53,6 +54,21 @@ def test_a_background_colour_given_to_an_object_is_refused(prompt, word):
         parse_prompt(prompt)
     with pytest.raises(PromptError, match="background colour"):
         prepare_prompt(prompt, build_tokenizer())
+
+
+@pytest.mark.parametrize("prompt, word, example", [
+    ("a brick square", "brick", "a red square on a brick wall"),
+    ("a grassy green star", "grassy", "a green circle on grass"),
+    ("a red circle and a lunar cross", "lunar", "a red cross on the surface of the moon"),
+])
+def test_a_background_texture_given_to_an_object_is_refused(prompt, word, example):
+    with pytest.raises(PromptError, match=f"'{word}' is a background texture.*e.g. '{example}'"):
+        parse_prompt(prompt)
+
+
+def test_every_world_caption_passes_the_object_checks():
+    for seed in range(2000):
+        parse_prompt(random_scene(seed)[1])
 
 
 def test_background_colours_still_name_backgrounds():

@@ -200,16 +200,22 @@ def drop_unrendered_words(prompt: str) -> tuple[str, str | None]:
     return clean, notice
 
 
+_TEXTURE_PLACES = {"brick": "a brick wall", "grass": "grass", "gravel": "gravel", "moon": "the surface of the moon"}
+
+
 def check_object_colors(prompt: str) -> None:
-    """Raise :class:`PromptError` when a background-only colour (black, white, navy, ...) is given to an object
-    ("a black circle"): the world cannot draw it, and reading it as the background would drop it silently."""
+    """Raise :class:`PromptError` when a background-only colour (black, white, navy, ...) or texture (brick,
+    grass, ...) is given to an object ("a black circle", "a brick square"): the world cannot draw it, and reading
+    it as the background would change the prompt silently."""
     tokens = tokenize(prompt)
     for word, following in zip(tokens, tokens[1:], strict=False):
-        if _LOOKUP.get(word, ("",))[0] == "bgcolor" and _LOOKUP.get(following, ("",))[0] in ("shape", "color"):
+        kind = _LOOKUP.get(word, ("",))[0]
+        if kind in ("bgcolor", "texture") and _LOOKUP.get(following, ("",))[0] in ("shape", "color"):
             name = _LOOKUP[word][1]
             example = f"a red {following}" if _LOOKUP[following][0] == "shape" else f"a {following} circle"
-            raise PromptError(f"'{word}' is a background colour in the demo world; objects are "
-                              f"{', '.join(COLORS)} (e.g. '{example} on a {name} background')")
+            where = f"a {name} background" if kind == "bgcolor" else _TEXTURE_PLACES[name]
+            raise PromptError(f"'{word}' is a background {'colour' if kind == 'bgcolor' else 'texture'} in the "
+                              f"demo world; objects are {', '.join(COLORS)} (e.g. '{example} on {where}')")
 
 
 def _suggest(word: str) -> str:

@@ -204,9 +204,10 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
     from one without it starts as that model.
 
     ``refine_channels=E`` adds a convolutional refiner after the linear head: each token also gives ``E`` feature
-    channels per latent pixel, and two 3x3 convs over each frame's latent (the head's output and those features)
-    add a correction, so an object's outline may cross the patch grid. Its last conv starts at zero (the same
-    warm start).
+    channels per latent pixel, and three 3x3 convs over each frame's latent (the noisy input, the head's output and
+    those features) add a correction, so a latent pixel's detail, where the demo world's shapes live, need not
+    pass through the patch embedding and an object's outline may cross the patch grid. Its last conv starts at
+    zero (the same warm start).
     """
 
     _supports_gradient_checkpointing = True
@@ -243,7 +244,8 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
         self.proj_extra, self.refine = None, None
         if refine_channels:
             self.proj_extra = nn.Linear(dim, refine_channels * patch_size**2)
-            self.refine = nn.Sequential(nn.Conv2d(out_channels + refine_channels, 64, 3, padding=1), nn.SiLU(),
+            self.refine = nn.Sequential(nn.Conv2d(in_channels + out_channels + refine_channels, 64, 3, padding=1),
+                                        nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
                                         nn.Conv2d(64, out_channels, 3, padding=1))
         self.gradient_checkpointing = False
         self._zero_init()
@@ -362,7 +364,8 @@ class VideoDiT(ModelMixin, ConfigMixin, CacheMixin, PeftAdapterMixin):
             modulated = modulate(self.norm_out(x), shift[:, None], scale[:, None])
             sample = unpatchify(self.proj_out(modulated), T, h, w, p)  # (B, C, T, H, W)
             features = unpatchify(self.proj_extra(modulated), T, h, w, p)  # (B, E, T, H, W)
-            frames = torch.cat([sample, features], 1).transpose(1, 2).flatten(0, 1)  # (B*T, C+E, H, W)
+            # the noisy latents too: a latent pixel's detail reaches the output without the patch bottleneck
+            frames = torch.cat([hidden_states, sample, features], 1).transpose(1, 2).flatten(0, 1)  # (B*T, 2C+E, H, W)
             sample = sample + self.refine(frames).view(B, T, -1, H, W).transpose(1, 2)
         elif self.token_chunks <= 1:
             sample = unpatchify(head(slice(None)), T, h, w, p)
