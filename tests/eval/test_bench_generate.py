@@ -17,7 +17,8 @@ def test_rows_hold_the_figures_the_issue_asks_for(tiny_suite, tmp_path):
     report = run_suite("generate", quick=True, repeats=1, report_path=tmp_path / "generate.json")
     write_report(report, tmp_path / "generate.json")
     rows = {row["method"]: row for row in json.loads((tmp_path / "generate.json").read_text())["rows"]}
-    assert list(rows) == ["real_clips", "vae_ceiling", "teacher_1", "teacher_2"]
+    assert list(rows) == ["real_clips", "vae_ceiling", "teacher_1", "teacher_2", "teacher_2_from_noise_0.5"]
+    assert 0 <= rows["teacher_2_from_noise_0.5"]["adherence_shape"] <= 1
     for attribute in ("shape", "color", "motion", "count"):  # what the VAE lets a generator reach
         assert 0 <= rows["vae_ceiling"][f"adherence_{attribute}"] <= 1
         assert 0 <= rows["vae_ceiling"][f"judge_{attribute}"] <= 1

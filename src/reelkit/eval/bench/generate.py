@@ -9,6 +9,9 @@ the reference set for FVD-demo is the held-out clips after them, rendered. Rows:
 * ``real_clips``: the rendered clips of the same prompts read by the judge: its accuracy against the
   true labels (``adherence_*``) and the FVD-demo floor; ``judge_accuracy_*`` over every held-out clip
   not in the reference set.
+* ``teacher_<steps>_from_noise_<s>`` for each of ``NOISE_LEVELS``: the same prompts generated from their own
+  clips noised to ``s`` (:mod:`reelkit.eval.noise_levels`), ``adherence_*``: the noise level where the teacher
+  decides, or loses, each attribute;
 * ``vae_ceiling``: the same clips after a round trip through the pipeline's VAE, scored against their
   prompts like a generated clip (``adherence_*``; ``judge_*`` against the labels; ``psnr_db``): the most
   a generator decoding through that VAE can reach (see :mod:`reelkit.eval.ceiling`).
@@ -28,6 +31,7 @@ from reelkit.eval.bench import BenchContext
 
 NUM_PROMPTS = {False: 64, True: 8}
 STEPS = {False: (10, 25, 50), True: (10,)}
+NOISE_LEVELS = {False: (0.3, 0.5, 0.7, 0.9), True: (0.5,)}
 GUIDANCE = 5.0
 FRAMES, SIZE = 17, 64
 BATCH = 8
@@ -92,6 +96,18 @@ def vae_ceiling_row(ctx: BenchContext, vae, judge, prompts: list[str]) -> dict:
             **ceiling_figures(reading, clips, prompts)}
 
 
+def _noise_level_rows(ctx: BenchContext, pipe, judge, count: int, steps: int) -> list[dict]:
+    from reelkit.eval.noise_levels import adherence_from_noise
+
+    levels = NOISE_LEVELS[ctx.quick]
+    advance = ctx.progress(f"teacher, {steps} steps from noise {', '.join(map(str, levels))}",
+                           len(levels) * -(-count // BATCH))
+    readings = adherence_from_noise(pipe, judge, levels, clips=count, steps=steps, guidance=GUIDANCE, frames=FRAMES,
+                                    size=SIZE, batch=BATCH, advance=advance)
+    return [{"method": f"teacher_{steps}_from_noise_{level}", "noise_level": level, "steps": steps,
+             "guidance": GUIDANCE, "clips": count, **_adherence_figures(scores)} for level, scores in readings.items()]
+
+
 def reference_seeds_for(count: int, quick: bool) -> list[int]:
     """The held-out clips after the prompts' own: FVD-demo's reference set."""
     return heldout_seeds(count + 32 if quick else HELDOUT_SIZE)[count:]
@@ -133,6 +149,7 @@ def run(ctx: BenchContext) -> list[dict]:
                      "latency_s": ctx.time(one_clip).median_s, **_adherence_figures(scores),
                      "fvd_demo": frechet_distance(features, reference)})
         sheet_clips = videos[:8]
+    rows += _noise_level_rows(ctx, pipe, judge, count, max(STEPS[ctx.quick]))
     path = ctx.artifact("sheet.png")
     if path is not None and sheet_clips is not None:
         from reelkit.data.video_io import contact_sheet
