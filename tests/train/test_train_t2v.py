@@ -333,3 +333,21 @@ def test_shape_probe_settings_out_of_range_are_refused(override):
 
     with pytest.raises(ReelkitError, match="shape_probe"):
         T2VTrainConfig(**override)
+
+
+def test_a_compiled_run_saves_and_exports_the_same_keys_as_a_plain_one(tmp_path, tiny_vae_dir):
+    from safetensors.torch import load_file
+
+    folders = {name: tmp_path / name for name in ("plain", "compiled")}
+    for folder in folders.values():
+        folder.mkdir()
+    plain = run(write_config(folders["plain"], tiny_vae_dir, max_steps=1))
+    compiled = run(write_config(folders["compiled"], tiny_vae_dir, max_steps=1, compile=True))
+    weights = [load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+               for folder in (plain, compiled)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.isfinite(tensor).all() for tensor in weights[1].values())
+    pipe = load_text_to_video(compiled)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a red circle", num_frames=5, height=32, width=32, num_inference_steps=1).frames.shape == (
+        1, 3, 5, 32, 32)

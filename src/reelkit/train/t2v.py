@@ -79,6 +79,8 @@ class T2VTrainConfig:
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
+    compile: bool = False  # torch.compile the transformer in place (keys unchanged): 1.3x a step on a CPU core for
+    # the teacher, after a one-off compile of a few minutes; for long runs
     save_every: int = 200
     log_every: int = 20
     eval_every: int = 0  # > 0: every N steps, judge-read adherence on held-out prompts (adherence.csv/.png)
@@ -250,6 +252,8 @@ class T2VRecipe(Recipe):
         transformer, text_encoder, self.tokenizer = build_components(self.config, self.vae.spatial_compression)
         if self.config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        if self.config.compile:
+            transformer.compile()  # nn.Module.compile: in place, so checkpoints and exports keep their keys
         self.denoiser = Denoiser(transformer, text_encoder, shape_probe=self.config.shape_probe > 0)
         if self.config.shape_probe > 0:
             self.figures = ("loss", "shape_probe")
