@@ -9,12 +9,12 @@ the reference set for FVD-demo is the held-out clips after them, rendered. Rows:
 * ``real_clips``: the rendered clips of the same prompts read by the judge: its accuracy against the
   true labels (``adherence_*``) and the FVD-demo floor; ``judge_accuracy_*`` over every held-out clip
   not in the reference set.
-* ``teacher_<steps>_from_noise_<s>`` for each of ``NOISE_LEVELS``: the same prompts generated from their own
-  clips noised to ``s`` (:mod:`reelkit.eval.noise_levels`), ``adherence_*``: the noise level where the teacher
-  decides, or loses, each attribute;
 * ``vae_ceiling``: the same clips after a round trip through the pipeline's VAE, scored against their
   prompts like a generated clip (``adherence_*``; ``judge_*`` against the labels; ``psnr_db``): the most
-  a generator decoding through that VAE can reach (see :mod:`reelkit.eval.ceiling`).
+  a generator decoding through that VAE can reach (see :mod:`reelkit.eval.ceiling`);
+* ``teacher_<steps>_from_noise_<s>`` for each of ``NOISE_LEVELS``: the same prompts generated from their own
+  clips noised to ``s`` (:mod:`reelkit.eval.noise_levels`), ``adherence_*``: the noise level where the teacher
+  decides, or loses, each attribute.
 
 With a report path, a contact sheet of the first 8 clips of the most-step row is saved next to it
 (columns are clips, time runs down).
