@@ -28,6 +28,13 @@ def test_generate_writes_the_clip_and_a_sheet(cli, model_dir, tmp_path):
     assert "2 steps, guidance 5, seed 3" in stdout
 
 
+def test_limited_guidance_runs_one_branch_on_the_late_steps(cli, model_dir, tmp_path):
+    code, stdout, err = cli("generate", "a red circle", "-o", tmp_path / "out.mp4", "--model", model_dir,
+                            "--guidance-interval", "0.6", *SMALL)
+    assert code == 0, err
+    assert read_video(tmp_path / "out.mp4").shape == (3, 5, 32, 32)
+
+
 def test_batch_mode_writes_one_clip_per_prompt_and_resumes(cli, model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moving right\na blue star spinning\n\na green square\n")
@@ -77,6 +84,8 @@ def test_a_clip_depends_on_its_line_not_on_the_sharding(cli, model_dir, tmp_path
     (("a red circle", "--seed", "-1"), "--seed must lie in"),
     (("a red circle", "--fps", "inf"), "--fps must be a finite number in"),
     (("a red circle", "--steps", "0"), "at least 1"),
+    (("a red circle", "--guidance-interval", "1.5"), "--guidance-interval is the lowest noise level"),
+    (("a red circle", "--guidance-interval", "0"), "--guidance-interval is the lowest noise level"),
     (("a red circle", "-o", "missing/dir/out.mp4"), "no such folder"),
     (("a red circle", "-o", "out.avi"), "must end in"),
     (("--prompts", "nope.txt", "--out-dir", "o"), "no such prompts file"),

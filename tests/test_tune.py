@@ -27,6 +27,8 @@ def test_search_space_covers_steps_and_every_accelerator():
     keys = [c.key() for c in candidates(["teacher", "student"], steps_choices=(50, 20))]
     assert "teacher/50/g5" in keys and "teacher/20/g5/adacache-fast/moreg" in keys
     assert "teacher/50/g5/rehash10" in keys and "teacher/20/g5/rehash4" in keys
+    assert "teacher/20/g5/gi0.4" in keys and "teacher/20/g5/adacache-fast/gi0.2" in keys
+    assert "teacher/50/g5/rehash25/gi0.4" in keys  # limited guidance on the largest Step Rehash budget
     assert [k for k in keys if k.startswith("student")] == ["student/2/g5", "student/4/g5", "student/8/g5"]
 
 
@@ -62,6 +64,15 @@ def test_an_interrupted_search_resumes_from_its_state(model_dir, prompts, tmp_pa
     assert again.measure(candidate, ["a red circle"]) == figures
 
 
+def test_a_recipe_with_limited_guidance_puts_it_on_the_pipeline_and_describes_it(tmp_path):
+    pipe = tiny_pipeline()
+    recipe = Recipe(model="tiny", fingerprint=model_fingerprint(pipe.transformer), steps=8, guidance=5.0,
+                    guidance_interval=0.4)
+    loaded = load_recipe(recipe.save(tmp_path / "r.json"))
+    assert apply_recipe(pipe, loaded) == (8, 5.0) and pipe.guidance_interval == (0.4, 1.0)
+    assert "guidance above sigma 0.4" in loaded.describe()
+
+
 def test_a_recipe_for_another_model_is_refused(tmp_path):
     recipe = Recipe(model="tiny", fingerprint=model_fingerprint(tiny_pipeline(seed=0).transformer), steps=4,
                     guidance=5.0)
@@ -74,6 +85,8 @@ def test_a_recipe_for_another_model_is_refused(tmp_path):
     ('{"model": "teacher"}', "not a reelkit recipe"),
     (json.dumps({"format": FORMAT, "model": "teacher"}), "corrupt recipe"),
     (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 0, "guidance": 5}), "corrupt recipe"),
+    (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 4, "guidance": 5,
+                 "guidance_interval": 2}), "corrupt recipe"),
 ])
 def test_corrupt_recipe_files_are_one_line_errors(cli, one_line_error, tmp_path, content, words):
     path = tmp_path / "recipe.json"

@@ -55,6 +55,30 @@ def test_every_step_runs_in_a_cache_context_per_branch(pipe, monkeypatch):
     assert contexts == [(branch, i, 3) for i in range(3) for branch in ("cond", "uncond")]
 
 
+def test_a_guidance_interval_skips_the_unconditional_branch_at_low_noise(pipe, monkeypatch):
+    plain = run(pipe, num_inference_steps=4)
+    pipe.enable_guidance_interval(0.0)  # every level: guidance at every step, the plain output
+    assert torch.equal(run(pipe, num_inference_steps=4), plain)
+    contexts = []
+    original = type(pipe.transformer).cache_context
+
+    def spy(self, name, **kwargs):
+        contexts.append((name, kwargs["step_index"]))
+        return original(self, name, **kwargs)
+
+    monkeypatch.setattr(type(pipe.transformer), "cache_context", spy)
+    pipe.enable_guidance_interval(0.5)
+    limited = run(pipe, num_inference_steps=4)
+    guided = [i for i, sigma in enumerate(pipe.scheduler.sigmas[:4].tolist()) if sigma >= 0.5]
+    assert 0 < len(guided) < 4  # the late, low-noise steps run one branch
+    assert [c for c in contexts if c[0] == "uncond"] == [("uncond", i) for i in guided]
+    assert len(contexts) == 4 + len(guided) and not torch.equal(limited, plain)
+    pipe.disable_guidance_interval()
+    assert pipe.guidance_interval is None and torch.equal(run(pipe, num_inference_steps=4), plain)
+    with pytest.raises(ReelkitError, match="guidance interval"):
+        pipe.enable_guidance_interval(0.6, 0.4)
+
+
 def test_callback_sees_every_step_and_can_replace_latents(pipe):
     steps = []
 

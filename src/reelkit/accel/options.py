@@ -26,7 +26,8 @@ class AccelerationOptions:
     """``cache``: an AdaCache preset name (``CACHE_PRESETS``) or None; ``codebook``: an AdaCache codebook file
     (replaces the preset); ``moreg``: MoReg on AdaCache; ``rehash``: Step Rehash's full-step budget;
     ``rehash_schedule``: its key-step schedule file; ``slicing``: Feature Slicing (``"auto"``, a chunk count or a
-    memory budget such as ``"2GiB"``)."""
+    memory budget such as ``"2GiB"``); ``guidance_interval``: the lowest noise level that still runs
+    classifier-free guidance (below it, one transformer call a step instead of two)."""
 
     cache: str | None = None
     codebook: str | Path | None = None
@@ -34,6 +35,7 @@ class AccelerationOptions:
     rehash: int | None = None
     rehash_schedule: str | Path | None = None
     slicing: str | None = None
+    guidance_interval: float | None = None
 
 
 @dataclass
@@ -42,6 +44,7 @@ class AppliedAcceleration:
     rehash: object | None = None  # the StepRehashConfig applied
     slicing: object | None = None  # the SlicingConfig applied
     preset: str | None = None
+    guidance_interval: float | None = None
 
     def describe(self) -> str:
         parts = []
@@ -51,6 +54,8 @@ class AppliedAcceleration:
             parts.append("Step Rehash")
         if self.slicing is not None:
             parts.append("Feature Slicing")
+        if self.guidance_interval is not None:
+            parts.append(f"guidance above sigma {self.guidance_interval:g}")
         return ", ".join(parts) or "none"
 
 
@@ -86,6 +91,11 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
     if rehash is not None and cache is not None:
         raise ReelkitError("--rehash and --cache are two caches; choose one")
     slicing = slicing_config_from_option(options.slicing)
+    low = options.guidance_interval
+    if low is not None:
+        check_guidance_interval(low)
+        if not hasattr(pipe, "enable_guidance_interval"):
+            raise ReelkitError(f"{type(pipe).__name__} has no classifier-free guidance to limit")
     if slicing is not None:
         apply_feature_slicing(pipe.transformer, slicing)
         apply_feature_slicing(pipe.vae, slicing)
@@ -95,8 +105,16 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
         from reelkit.accel.adacache import apply_ada_cache
 
         apply_ada_cache(pipe.transformer, cache)
+    if low is not None:
+        pipe.enable_guidance_interval(low)
     preset = CACHE_PRESETS.get(options.cache) if options.codebook is None else None
-    return AppliedAcceleration(cache, rehash, slicing, preset)
+    return AppliedAcceleration(cache, rehash, slicing, preset, low)
+
+
+def check_guidance_interval(low: float) -> None:
+    """A one-line error unless ``low`` is a noise level strictly between 0 (clean) and 1 (pure noise)."""
+    if not 0 < low < 1:
+        raise ReelkitError(f"--guidance-interval is the lowest noise level that keeps guidance, in (0, 1); got {low:g}")
 
 
 def remove_acceleration(pipe) -> None:
@@ -109,6 +127,8 @@ def remove_acceleration(pipe) -> None:
     remove_step_rehash(pipe.transformer)
     remove_feature_slicing(pipe.transformer)
     remove_feature_slicing(pipe.vae)
+    if hasattr(pipe, "disable_guidance_interval"):
+        pipe.disable_guidance_interval()
 
 
 def computed_and_reused(pipe) -> tuple[int, int] | None:
@@ -131,4 +151,4 @@ def computed_and_reused(pipe) -> tuple[int, int] | None:
 
 
 __all__ = ["CACHE_PRESETS", "AccelerationOptions", "AppliedAcceleration", "ada_cache_config", "apply_acceleration",
-           "computed_and_reused", "remove_acceleration"]
+           "check_guidance_interval", "computed_and_reused", "remove_acceleration"]

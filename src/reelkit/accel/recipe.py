@@ -51,12 +51,14 @@ class Recipe:
     moreg: bool = False
     rehash: int | None = None
     slicing: str | None = None
+    guidance_interval: float | None = None
     measured: dict = field(default_factory=dict)
     targets: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
 
     def options(self) -> AccelerationOptions:
-        return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing)
+        return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
+                                   guidance_interval=self.guidance_interval)
 
     def describe(self) -> str:
         parts = [f"{self.model}, {self.steps} steps, guidance {self.guidance:g}"]
@@ -66,6 +68,8 @@ class Recipe:
             parts.append(f"Step Rehash {self.rehash} full steps")
         if self.slicing:
             parts.append(f"Feature Slicing {self.slicing}")
+        if self.guidance_interval:
+            parts.append(f"guidance above sigma {self.guidance_interval:g}")
         return ", ".join(parts)
 
     def save(self, path: str | Path) -> Path:
@@ -91,6 +95,8 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         recipe = Recipe(**{k: v for k, v in data.items() if k in known})
         if not (isinstance(recipe.steps, int) and recipe.steps >= 1 and float(recipe.guidance) >= 1):
+            raise ValueError
+        if recipe.guidance_interval is not None and not 0 < float(recipe.guidance_interval) < 1:
             raise ValueError
     except (TypeError, ValueError):
         raise RecipeError(f"{path}: a corrupt recipe (missing or invalid fields)") from None

@@ -48,6 +48,9 @@ def generate(
     slice_: Annotated[str | None, typer.Option("--slice", help="Feature Slicing (exact, lower peak memory): N "
                                                "chunks, a budget such as 2GiB, or auto (fit the free memory).")
                       ] = None,
+    guidance_interval: Annotated[float | None, typer.Option(help="Classifier-free guidance only at noise levels "
+                                                            "above this one (0..1); the later steps make one "
+                                                            "call instead of two.")] = None,
     recipe: Annotated[Path | None, typer.Option(help="A recipe from 'reelkit tune': its model, steps, guidance "
                                                 "and accelerators.")] = None,
     parallel: Annotated[str | None, typer.Option(help="Context parallelism: ulysses=N or ring=N splits each "
@@ -74,12 +77,13 @@ def generate(
     if recipe is not None:
         from reelkit.accel.recipe import load_recipe
 
-        if cache or codebook or moreg or rehash or rehash_schedule or slice_ or steps or guidance:
+        if cache or codebook or moreg or rehash or rehash_schedule or slice_ or steps or guidance or guidance_interval:
             raise ReelkitError("--recipe sets the steps, guidance and accelerators; give it alone (or drop it)")
         loaded_recipe = load_recipe(recipe)
         steps, guidance, model = loaded_recipe.steps, loaded_recipe.guidance, model or loaded_recipe.model
         cache, moreg, rehash, slice_ = loaded_recipe.cache, loaded_recipe.moreg, loaded_recipe.rehash, \
             loaded_recipe.slicing
+        guidance_interval = loaded_recipe.guidance_interval
     guidance = 5.0 if guidance is None else guidance
     check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
     check_number("--fps", fps, 0.1, 1000.0)
@@ -114,10 +118,18 @@ def generate(
             raise ReelkitError(f"{output.parent}: no such folder for the output")
         if sheet is not None:
             check_output(sheet, (".png",), output, *inputs)
-    from reelkit.accel.options import AccelerationOptions, ada_cache_config, apply_acceleration, computed_and_reused
+    from reelkit.accel.options import (
+        AccelerationOptions,
+        ada_cache_config,
+        apply_acceleration,
+        check_guidance_interval,
+        computed_and_reused,
+    )
     from reelkit.accel.slicing import slicing_config_from_option
 
     ada_cache_config(cache, moreg, codebook)  # option mistakes fail before the model loads
+    if guidance_interval is not None:
+        check_guidance_interval(guidance_interval)
     slicing_config_from_option(slice_)
     caching = bool(cache or codebook or rehash or rehash_schedule)
     # the caches pay off over many steps: without --model they run on the teacher
@@ -138,7 +150,7 @@ def generate(
 
         check_recipe_model(pipe, loaded_recipe)
         console.print(f"recipe {recipe}: {loaded_recipe.describe()}", highlight=False)
-    options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_)
+    options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_, guidance_interval)
     applied = apply_acceleration(pipe, options, steps, bundled_teacher=model in (None, "teacher"))
     cache_config, rehash_config, slicing_config = applied.cache, applied.rehash, applied.slicing
     if batch:

@@ -32,6 +32,7 @@ TEACHER_STEPS = (50, 40, 30, 25, 20, 15)
 STUDENT_STEPS = (2, 4, 8)
 REHASH_FRACTIONS = (0.2, 0.3, 0.4, 0.5)  # Step Rehash budgets: these shares of the steps run the full model
 SLICE_CHUNKS = ("2", "4", "8")
+GUIDANCE_INTERVALS = (0.2, 0.4)  # classifier-free guidance only above these noise levels (one call a step below)
 MAX_PSNR = 100.0
 
 
@@ -50,23 +51,28 @@ class Candidate:
     moreg: bool = False
     rehash: int | None = None
     slicing: str | None = None
+    guidance_interval: float | None = None
 
     def key(self) -> str:
         parts = [self.model, str(self.steps), f"g{self.guidance:g}"]
         parts += [p for p in (self.cache, "moreg" if self.moreg else None,
                               f"rehash{self.rehash}" if self.rehash else None,
-                              f"slice{self.slicing}" if self.slicing else None) if p]
+                              f"slice{self.slicing}" if self.slicing else None,
+                              f"gi{self.guidance_interval:g}" if self.guidance_interval else None) if p]
         return "/".join(parts)
 
     def options(self) -> AccelerationOptions:
-        return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing)
+        return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
+                                   guidance_interval=self.guidance_interval)
 
 
 def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequence[int] = TEACHER_STEPS
                ) -> list[Candidate]:
     """The search space: a many-step model (the teacher, or a folder) at each of ``steps_choices``, alone, with
-    AdaCache (fast, slow, with MoReg) or with Step Rehash budgets; the few-step student at 2, 4 and 8 steps
-    (caches give nothing at a few steps)."""
+    AdaCache (fast, slow, with MoReg) or with Step Rehash budgets, and each of the plain, AdaCache (fast) and
+    smallest-budget Step Rehash runs with guidance limited to the noise levels above each of ``GUIDANCE_INTERVALS``;
+    the few-step student at 2, 4 and 8 steps (caches give nothing at a few steps; it runs no unconditional branch
+    to skip)."""
     found = []
     for model in models:
         if model == "student":
@@ -76,15 +82,21 @@ def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequ
             found.append(Candidate(model, steps, guidance))
             found += [Candidate(model, steps, guidance, cache=c) for c in ("adacache-fast", "adacache-slow")]
             found.append(Candidate(model, steps, guidance, cache="adacache-fast", moreg=True))
-            budgets = sorted({max(2, round(steps * share)) for share in REHASH_FRACTIONS})
-            found += [Candidate(model, steps, guidance, rehash=k) for k in budgets if k < steps]
+            budgets = [k for k in sorted({max(2, round(steps * share)) for share in REHASH_FRACTIONS}) if k < steps]
+            found += [Candidate(model, steps, guidance, rehash=k) for k in budgets]
+            for low in GUIDANCE_INTERVALS:
+                found.append(Candidate(model, steps, guidance, guidance_interval=low))
+                found.append(Candidate(model, steps, guidance, cache="adacache-fast", guidance_interval=low))
+                if budgets:
+                    found.append(Candidate(model, steps, guidance, rehash=budgets[-1], guidance_interval=low))
     return found
 
 
 def techniques(candidate: Candidate, reference_steps: int) -> int:
-    """How many techniques a candidate mixes: fewer steps, the student, AdaCache (MoReg included), Step Rehash."""
+    """How many techniques a candidate mixes: fewer steps, the student, AdaCache (MoReg included), Step Rehash,
+    limited guidance."""
     return sum((candidate.model == "student", candidate.model != "student" and candidate.steps < reference_steps,
-                candidate.cache is not None, candidate.rehash is not None))
+                candidate.cache is not None, candidate.rehash is not None, candidate.guidance_interval is not None))
 
 
 @dataclass
@@ -248,7 +260,7 @@ class Tuner:
         return Recipe(
             model=chosen.model, fingerprint=model_fingerprint(self.pipe(chosen.model).transformer),
             steps=chosen.steps, guidance=chosen.guidance, cache=chosen.cache, moreg=chosen.moreg,
-            rehash=chosen.rehash, slicing=chosen.slicing,
+            rehash=chosen.rehash, slicing=chosen.slicing, guidance_interval=chosen.guidance_interval,
             measured={"search": {**figures, "speedup": baseline["latency_s"] / figures["latency_s"],
                                  "prompts": len(prompts)},
                       "heldout": {**held, "speedup": held_baseline["latency_s"] / held["latency_s"],

@@ -77,7 +77,7 @@ def run(ctx: BenchContext) -> list[dict]:
         return pipe
 
     space = candidates(MODELS, GUIDANCE, STEPS[quick])
-    if not any(c.steps == reference[1] and c.model == "teacher" and c.cache is None and c.rehash is None
+    if not any(c.steps == reference[1] and c.model == "teacher" and c.options() == Candidate("teacher", 1).options()
                for c in space):
         space.insert(0, Candidate("teacher", reference[1], GUIDANCE))
     ctx.settings.update({"num_prompts": len(prompts), "frames": FRAMES, "sizes": list(SIZES[quick]),
