@@ -77,11 +77,29 @@ def test_latent_cache_is_built_once_resumes_and_refuses_other_settings(tmp_path,
         LatentCache(tmp_path)
 
 
+def test_a_cache_rendered_by_worker_processes_holds_the_same_clips(tmp_path, tiny_vae_dir):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    vae = CVVAE.from_pretrained(tiny_vae_dir)
+    one = build_latent_cache(tmp_path / "one", num_clips=5, num_frames=5, size=32, shard_size=4, batch_size=2,
+                             vae=vae)
+    two = build_latent_cache(tmp_path / "two", num_clips=5, num_frames=5, size=32, shard_size=4, batch_size=2,
+                             vae=vae, workers=2, device="cpu")
+    for name in ("shard_00000.safetensors", "shard_00001.safetensors"):
+        a, b = load_file(str(one / name)), load_file(str(two / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        with safe_open(str(one / name), "pt") as x, safe_open(str(two / name), "pt") as y:
+            assert x.metadata() == y.metadata()
+
+
 def test_config_errors_are_one_line(tmp_path, tiny_vae_dir, cli, one_line_error):
     bad = write_config(tmp_path, tiny_vae_dir, mixed_precision="fp8")
     assert "mixed_precision" in one_line_error(*cli("train", "t2v", "--config", bad)[::2])
     bad = write_config(tmp_path, tiny_vae_dir, learning_rat=1.0)
     assert "unknown config keys learning_rat" in one_line_error(*cli("train", "t2v", "--config", bad)[::2])
+    bad = write_config(tmp_path, tiny_vae_dir, cache_workers=-1)
+    assert "cache_workers must be >= 0" in one_line_error(*cli("train", "t2v", "--config", bad)[::2])
 
 
 def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_vae_dir):

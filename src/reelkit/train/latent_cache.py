@@ -55,14 +55,17 @@ def shard_name(index: int) -> str:
 @torch.no_grad()
 def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17, size: int = 64,
                        first_seed: int = 0, shard_size: int = 512, batch_size: int = 32, vae=None,
-                       progress: Callable[[int], None] | None = None, shape_twins: bool = False) -> Path:
+                       progress: Callable[[int], None] | None = None, shape_twins: bool = False,
+                       workers: int = 0, device: str | torch.device | None = None) -> Path:
     """Encode the training clips of seeds ``first_seed .. first_seed + num_clips`` into ``folder``.
 
     Shards already in ``folder`` are kept, so a larger ``num_clips`` extends a cache.
 
     ``vae`` defaults to the bundled CV-VAE. ``progress`` is called with the number of clips done.
     ``shape_twins``: encode each seed's shape twin instead (:func:`reelkit.data.world.shape_twin`), index for
-    index beside a plain cache of the same seeds.
+    index beside a plain cache of the same seeds. ``workers`` render clips in that many processes (DataLoader
+    workers) while ``device`` (default: the VAE's) encodes them: on a GPU machine rendering is the slow part. The
+    cache's contents do not depend on either: each clip is its seed's render.
     """
     from reelkit.vae import load_cvvae
 
@@ -71,7 +74,11 @@ def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17,
     settings = {"num_frames": num_frames, "size": size, "first_seed": first_seed, "shard_size": shard_size,
                 **({"shape_twins": True} if shape_twins else {})}
     folder = open_cache_folder(folder, num_clips, settings, "a latent cache")
+    from torch.utils.data import DataLoader
+
     vae = (vae or load_cvvae()).eval()
+    device = torch.device(device) if device is not None else next(vae.parameters()).device
+    vae.to(device)
     done = 0
     for shard in range((num_clips + shard_size - 1) // shard_size):
         seeds = list(range(first_seed + shard * shard_size, first_seed + min(num_clips, (shard + 1) * shard_size)))
@@ -80,15 +87,15 @@ def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17,
             done += len(seeds)
             continue
         means, stds, captions, labels = [], [], [], {k: [] for k in LABEL_KEYS}
-        for start in range(0, len(seeds), batch_size):
-            clips = [_twin_clip(seed, num_frames, size) if shape_twins else render_clip(seed, num_frames, size)
-                     for seed in seeds[start:start + batch_size]]
-            posterior = vae.encode(torch.stack([c.video for c in clips])).latent_dist
-            means.append(posterior.mean.half())
-            stds.append(posterior.std.half())
-            for clip in clips:
-                captions.append(clip.caption)
-                for key, value in clip.scene.label_tensors().items():
+        renders = DataLoader(_Renders(seeds, num_frames, size, shape_twins), batch_size=batch_size,
+                             num_workers=workers, collate_fn=list)
+        for clips in renders:  # [(video, caption, labels)] of up to batch_size seeds, in seed order
+            posterior = vae.encode(torch.stack([video for video, _, _ in clips]).to(device)).latent_dist
+            means.append(posterior.mean.half().cpu())
+            stds.append(posterior.std.half().cpu())
+            for _, caption, clip_labels in clips:
+                captions.append(caption)
+                for key, value in clip_labels.items():
                     if key in labels:
                         labels[key].append(value)
             done += len(clips)
@@ -99,6 +106,21 @@ def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17,
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
     return folder
+
+
+class _Renders(Dataset):
+    """The clips of ``seeds`` as ``(video, caption, labels)``, rendered where a DataLoader worker asks for them."""
+
+    def __init__(self, seeds: list[int], num_frames: int, size: int, shape_twins: bool):
+        self.seeds, self.num_frames, self.size, self.shape_twins = seeds, num_frames, size, shape_twins
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, index: int):
+        seed = self.seeds[index]
+        clip = (_twin_clip if self.shape_twins else render_clip)(seed, self.num_frames, self.size)
+        return clip.video, clip.caption, clip.scene.label_tensors()
 
 
 def _twin_clip(seed: int, num_frames: int, size: int):

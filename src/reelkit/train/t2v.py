@@ -50,6 +50,7 @@ class T2VTrainConfig:
     output_dir: str = "runs/teacher"
     latent_cache: str = "runs/t2v_latents"
     cache_clips: int = 8192  # clips to encode into the cache if it is missing or incomplete
+    cache_workers: int = 0  # processes that render the cache's clips (a GPU machine encodes faster than 1 renders)
     num_frames: int = 17
     size: int = 64
     vae: str | None = None  # the CV-VAE that encoded the cache (None: bundled); gives the scaling factor
@@ -107,6 +108,8 @@ class T2VTrainConfig:
                                f"{self.shape_probe}, {self.shape_probe_min_sigma}")
         if self.twin_clips and (self.twin_clips > self.cache_clips or self.twin_pairs < 1 or self.object_weight):
             raise ReelkitError("twin_clips must lie in 1 .. cache_clips, with twin_pairs >= 1 and no object_weight")
+        if self.cache_workers < 0:
+            raise ReelkitError(f"cache_workers must be >= 0 (0: render in the main process), got {self.cache_workers}")
         if self.eval_every < 0 or not 1 <= self.eval_prompts <= 512 or self.eval_steps < 1:
             raise ReelkitError("eval_every must be >= 0 (0: off), eval_prompts in 1..512, eval_steps >= 1")
 
@@ -229,7 +232,8 @@ class T2VRecipe(Recipe):
         self.vae = load_cvvae(config.vae)
         if accelerator.is_main_process:
             build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=self.vae,
-                               progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"))
+                               progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"),
+                               workers=config.cache_workers, device=accelerator.device)
             if config.object_weight > 0 or config.shape_probe > 0:
                 add_coverage(config.latent_cache)
             if config.twin_clips:
@@ -237,6 +241,7 @@ class T2VRecipe(Recipe):
                                    shape_twins=True,
                                    progress=lambda n: n % 1024 == 0 and accelerator.print(f"shape twins: {n} clips"))
         accelerator.wait_for_everyone()
+        self.vae.to(accelerator.device)  # the adherence monitor decodes its generations where the model runs
         self.dataset = LatentCache(config.latent_cache)
         self.loader = DataLoader(self.dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                  num_workers=0, generator=torch.Generator().manual_seed(config.seed))
