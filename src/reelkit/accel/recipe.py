@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from reelkit.accel.options import AccelerationOptions, apply_acceleration
+from reelkit.accel.options import AccelerationOptions, apply_acceleration, check_guidance_interval
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
 
@@ -96,9 +96,9 @@ def load_recipe(path: str | Path) -> Recipe:
         recipe = Recipe(**{k: v for k, v in data.items() if k in known})
         if not (isinstance(recipe.steps, int) and recipe.steps >= 1 and float(recipe.guidance) >= 1):
             raise ValueError
-        if recipe.guidance_interval is not None and not 0 < float(recipe.guidance_interval) < 1:
-            raise ValueError
-    except (TypeError, ValueError):
+        if recipe.guidance_interval is not None:
+            check_guidance_interval(float(recipe.guidance_interval))
+    except (TypeError, ValueError, ReelkitError):
         raise RecipeError(f"{path}: a corrupt recipe (missing or invalid fields)") from None
     return recipe
 

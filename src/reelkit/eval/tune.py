@@ -70,7 +70,7 @@ def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequ
                ) -> list[Candidate]:
     """The search space: a many-step model (the teacher, or a folder) at each of ``steps_choices``, alone, with
     AdaCache (fast, slow, with MoReg) or with Step Rehash budgets, and each of the plain, AdaCache (fast) and
-    smallest-budget Step Rehash runs with guidance limited to the noise levels above each of ``GUIDANCE_INTERVALS``;
+    largest-budget Step Rehash runs with guidance limited to the noise levels above each of ``GUIDANCE_INTERVALS``;
     the few-step student at 2, 4 and 8 steps (caches give nothing at a few steps; it runs no unconditional branch
     to skip)."""
     found = []

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from reelkit.data.datasets import HELDOUT_SEED_BASE
 from reelkit.data.world import render_clip
@@ -74,8 +74,6 @@ def build_latent_cache(folder: str | Path, num_clips: int, num_frames: int = 17,
     settings = {"num_frames": num_frames, "size": size, "first_seed": first_seed, "shard_size": shard_size,
                 **({"shape_twins": True} if shape_twins else {})}
     folder = open_cache_folder(folder, num_clips, settings, "a latent cache")
-    from torch.utils.data import DataLoader
-
     vae = (vae or load_cvvae()).eval()
     device = torch.device(device) if device is not None else next(vae.parameters()).device
     vae.to(device)

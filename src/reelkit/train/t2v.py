@@ -229,11 +229,11 @@ class T2VRecipe(Recipe):
         from reelkit.vae import load_cvvae
 
         config, accelerator = self.config, self.accelerator
-        self.vae = load_cvvae(config.vae)
+        self.vae = load_cvvae(config.vae).to(accelerator.device)  # encodes the cache; the monitor decodes with it
         if accelerator.is_main_process:
             build_latent_cache(config.latent_cache, config.cache_clips, config.num_frames, config.size, vae=self.vae,
                                progress=lambda n: n % 1024 == 0 and accelerator.print(f"latent cache: {n} clips"),
-                               workers=config.cache_workers, device=accelerator.device)
+                               workers=config.cache_workers)
             if config.object_weight > 0 or config.shape_probe > 0:
                 add_coverage(config.latent_cache)
             if config.twin_clips:
@@ -241,7 +241,6 @@ class T2VRecipe(Recipe):
                                    shape_twins=True,
                                    progress=lambda n: n % 1024 == 0 and accelerator.print(f"shape twins: {n} clips"))
         accelerator.wait_for_everyone()
-        self.vae.to(accelerator.device)  # the adherence monitor decodes its generations where the model runs
         self.dataset = LatentCache(config.latent_cache)
         self.loader = DataLoader(self.dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                  num_workers=0, generator=torch.Generator().manual_seed(config.seed))
