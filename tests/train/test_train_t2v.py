@@ -369,3 +369,32 @@ def test_a_compiled_run_saves_and_exports_the_same_keys_as_a_plain_one(tmp_path,
     pipe.set_progress_bar_config(disable=True)
     assert pipe("a red circle", num_frames=5, height=32, width=32, num_inference_steps=1).frames.shape == (
         1, 3, 5, 32, 32)
+
+
+def test_repa_adds_targets_to_the_cache_and_aligns_a_block(tmp_path, tiny_vae_dir):
+    """REPA: the encoder's features of each cached clip are stored beside its shard, the run logs the alignment
+    loss, and the projector is not exported (the pipeline loads as a plain one)."""
+    from reelkit.train.representation import encoder_features, latent_frame_indices
+
+    model_dir = run(write_config(tmp_path, tiny_vae_dir, repa=0.5, repa_block=0, max_steps=4))
+    assert latent_frame_indices(17) == [0, 4, 8, 12, 16] and latent_frame_indices(5) == [0, 4]
+    cache = LatentCache(tmp_path / "cache")
+    item = cache[2]
+    assert item["repa"].shape[:2] == (2, 128)  # (1+k, C, h, w): one map per latent frame of a 5-frame clip
+    from reelkit.data.world import render_clip
+    from reelkit.rewards.base import load_reward
+
+    seed = int(cache.tensors["seed"][2])
+    expected = encoder_features(load_reward("demo-image"), render_clip(seed, 5, 32).video[None])[0]
+    torch.testing.assert_close(item["repa"], expected.half().float(), atol=2e-2, rtol=1e-2)
+    rows = (tmp_path / "run" / "loss.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["step", "loss", "repa"]
+    assert all(0 <= float(row.split(",")[2]) <= 2 for row in rows[1:])
+    assert load_text_to_video(model_dir).transformer is not None
+
+
+@pytest.mark.parametrize(("change", "message"), [({"repa": -1.0}, "repa must lie in"),
+                                                  ({"repa": 0.5, "repa_block": 7}, "repa_block must name one")])
+def test_bad_repa_settings_are_one_line_errors(tmp_path, tiny_vae_dir, change, message):
+    with pytest.raises(ReelkitError, match=message):
+        run(write_config(tmp_path, tiny_vae_dir, **change))

@@ -191,6 +191,9 @@ class LatentCache(Dataset):
         coverage = [folder / coverage_name(int(path.stem.split("_")[1])) for path in shards]
         if all(path.is_file() for path in coverage):  # (N, 1+k, h, w): where the objects are (add_coverage)
             self.tensors["coverage"] = torch.cat([load_file(str(path))["coverage"] for path in coverage])
+        targets = [folder / f"repa_{path.stem.split('_')[1]}.safetensors" for path in shards]
+        if all(path.is_file() for path in targets):  # (N, 1+k, C, h', w'): REPA targets (train.representation)
+            self.tensors["repa"] = torch.cat([load_file(str(path))["features"] for path in targets])
         self.sample = sample
 
     def __len__(self) -> int:
@@ -200,8 +203,9 @@ class LatentCache(Dataset):
         mean = self.tensors["mean"][index].float()
         latent = mean + self.tensors["std"][index].float() * torch.randn_like(mean) if self.sample else mean
         item = {"latent": latent, "caption": self.captions[index], **{k: self.tensors[k][index] for k in LABEL_KEYS}}
-        if "coverage" in self.tensors:
-            item["coverage"] = self.tensors["coverage"][index].float()
+        for key in ("coverage", "repa"):
+            if key in self.tensors:
+                item[key] = self.tensors[key][index].float()
         return item
 
     @property

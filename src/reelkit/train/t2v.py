@@ -43,6 +43,7 @@ from reelkit.train.common import (
     load_config,
 )
 from reelkit.train.recipe import Recipe
+from reelkit.train.representation import RepresentationAlignment
 
 
 @dataclass
@@ -77,6 +78,9 @@ class T2VTrainConfig:
     shape_probe: float = 0.0  # > 0: a linear probe on the last block's features, pooled over the object of each
     shape_probe_min_sigma: float = 0.5  # captioned one-object clip noised to at least this level, must name its
     # shape (cross-entropy, this weight): where the noise hides the shape, the features must take it from the words
+    repa: float = 0.0  # > 0: representation alignment (REPA) of block repa_block's output with repa_encoder's
+    repa_block: int = 2  # features of the clean clip, this weight (reelkit.train.representation)
+    repa_encoder: str = "demo-image"
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
@@ -106,6 +110,9 @@ class T2VTrainConfig:
         if not 0 <= self.shape_probe <= 100 or not 0 <= self.shape_probe_min_sigma < 1:
             raise ReelkitError(f"shape_probe must lie in 0 .. 100 (0: off) and shape_probe_min_sigma in [0, 1); got "
                                f"{self.shape_probe}, {self.shape_probe_min_sigma}")
+        if not 0 <= self.repa <= 100 or self.repa_block < 0:
+            raise ReelkitError(f"repa must lie in 0 .. 100 (0: off) and repa_block be >= 0; got {self.repa}, "
+                               f"{self.repa_block}")
         if self.twin_clips and (self.twin_clips > self.cache_clips or self.twin_pairs < 1 or self.object_weight):
             raise ReelkitError("twin_clips must lie in 1 .. cache_clips, with twin_pairs >= 1 and no object_weight")
         if self.cache_workers < 0:
@@ -117,25 +124,40 @@ class T2VTrainConfig:
 class Denoiser(torch.nn.Module):
     """Text encoder + transformer as one module, so one DDP wrapper trains both."""
 
-    def __init__(self, transformer, text_encoder, shape_probe: bool = False):
+    def __init__(self, transformer, text_encoder, shape_probe: bool = False, repa_block: int | None = None,
+                 repa_dim: int = 0):
         super().__init__()
         self.transformer = transformer
         self.text_encoder = text_encoder
-        # the shape probe reads the last block's features (B, T*S, D); it trains with the model, never exported
-        self.shape_probe = torch.nn.Linear(transformer.proj_out.in_features, len(SHAPES)) if shape_probe else None
-        self.features = None
+        dim = transformer.proj_out.in_features
+        # the shape probe reads the last block's features (B, T*S, D), REPA's projector block repa_block's; both
+        # train with the model and are never exported
+        self.shape_probe = torch.nn.Linear(dim, len(SHAPES)) if shape_probe else None
+        self.alignment = RepresentationAlignment(dim, repa_dim) if repa_block is not None else None
+        self.repa_block = repa_block
+        self.features, self.repa_features = None, None
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         text = self.text_encoder(input_ids, attention_mask)
-        if self.shape_probe is None:
-            return self.transformer(noisy, timestep, text).sample
-        handle = self.transformer.transformer_blocks[-1].register_forward_hook(
-            lambda module, args, output: setattr(self, "features", output))
+        blocks = self.transformer.transformer_blocks
+        handles = []
+        if self.shape_probe is not None:
+            handles.append(blocks[-1].register_forward_hook(lambda m, a, output: setattr(self, "features", output)))
+        if self.alignment is not None:
+            handles.append(blocks[self.repa_block].register_forward_hook(
+                lambda m, a, output: setattr(self, "repa_features", output)))
         try:
             return self.transformer(noisy, timestep, text).sample
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+
+    def alignment_loss(self, targets: torch.Tensor, latent_shape: torch.Size) -> torch.Tensor:
+        """REPA's loss for the first ``len(targets)`` samples of the last forward pass (latents ``latent_shape``)."""
+        p = self.transformer.config.patch_size
+        grid = (latent_shape[2], latent_shape[3] // p, latent_shape[4] // p)
+        return self.alignment(self.repa_features, targets, grid)
 
     def shape_probe_loss(self, coverage: torch.Tensor, shapes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the probe on the object-pooled features of the samples ``keep`` marks; ``coverage``
@@ -226,6 +248,7 @@ class T2VRecipe(Recipe):
         from torch.utils.data import DataLoader
 
         from reelkit.train.latent_cache import LatentCache, TwinPairs, add_coverage, build_latent_cache
+        from reelkit.train.representation import add_representation_targets
         from reelkit.vae import load_cvvae
 
         config, accelerator = self.config, self.accelerator
@@ -236,6 +259,9 @@ class T2VRecipe(Recipe):
                                workers=config.cache_workers)
             if config.object_weight > 0 or config.shape_probe > 0:
                 add_coverage(config.latent_cache)
+            if config.repa > 0:
+                accelerator.print("REPA targets: reading the cache's clips with " + config.repa_encoder)
+                add_representation_targets(config.latent_cache, config.repa_encoder)
             if config.twin_clips:
                 build_latent_cache(config.twin_cache, config.twin_clips, config.num_frames, config.size, vae=self.vae,
                                    shape_twins=True,
@@ -258,9 +284,17 @@ class T2VRecipe(Recipe):
             transformer.enable_gradient_checkpointing()
         if self.config.compile:
             transformer.compile()  # nn.Module.compile: in place, so checkpoints and exports keep their keys
-        self.denoiser = Denoiser(transformer, text_encoder, shape_probe=self.config.shape_probe > 0)
-        if self.config.shape_probe > 0:
-            self.figures = ("loss", "shape_probe")
+        repa = self.config.repa > 0
+        if repa and not (0 <= self.config.repa_block < len(transformer.transformer_blocks)):
+            raise ReelkitError(f"repa_block must name one of the model's {len(transformer.transformer_blocks)} "
+                               f"blocks (0-based), got {self.config.repa_block}")
+        if repa and "repa" not in self.dataset.tensors:
+            raise ReelkitError(f"{self.config.latent_cache}: the latent cache has no REPA targets")
+        self.denoiser = Denoiser(transformer, text_encoder, shape_probe=self.config.shape_probe > 0,
+                                 repa_block=self.config.repa_block if repa else None,
+                                 repa_dim=self.dataset.tensors["repa"].shape[2] if repa else 0)
+        self.figures = ("loss",) + (("shape_probe",) if self.config.shape_probe > 0 else ()) + (
+            ("repa",) if repa else ())
         self.ema = EMAModel(self.denoiser.parameters(), decay=self.config.ema_decay)
 
     def _setup_optimizer(self) -> None:
@@ -330,6 +364,11 @@ class T2VRecipe(Recipe):
                 batch["coverage"].to(accelerator.device), batch["shape"][:, 0].to(accelerator.device), keep)
             loss = loss + config.shape_probe * probe
             figures["shape_probe"] = probe.item()
+        if config.repa > 0:
+            alignment = accelerator.unwrap_model(self.denoiser).alignment_loss(
+                batch["repa"].to(accelerator.device), latents.shape)
+            loss = loss + config.repa * alignment
+            figures["repa"] = alignment.item()
         apply_gradients(accelerator, loss, self.denoiser.parameters(), self.optimizer, self.scheduler,
                         config.grad_clip)
         self.ema.step(accelerator.unwrap_model(self.denoiser).parameters())
