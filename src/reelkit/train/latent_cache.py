@@ -32,6 +32,7 @@ from reelkit.files import atomic_path
 
 MANIFEST = "manifest.json"
 LABEL_KEYS = ("shape", "color", "motion", "num_objects")
+SIDECARS = {"coverage": "coverage", "repa": "features"}  # per-shard files beside the shards: kind -> tensor key
 
 
 def open_cache_folder(folder: str | Path, num_clips: int, settings: dict, what: str) -> Path:
@@ -128,8 +129,20 @@ def _twin_clip(seed: int, num_frames: int, size: int):
     return WorldClip(render_scene(scene, num_frames, size), caption, scene, seed)
 
 
-def coverage_name(index: int) -> str:
-    return f"coverage_{index:05d}.safetensors"
+def sidecar_name(kind: str, index: int) -> str:
+    """A per-shard file written beside shard ``index`` (``coverage``, ``repa``), loaded with the cache."""
+    return f"{kind}_{index:05d}.safetensors"
+
+
+def missing_sidecars(folder: Path, kind: str):
+    """``(target, seeds, shard handle)`` for each shard of ``folder`` that lacks its ``kind`` sidecar; the handle
+    is open while the caller computes the sidecar, which it writes to ``target`` (atomically)."""
+    for path in sorted(folder.glob("shard_*.safetensors")):
+        target = folder / sidecar_name(kind, int(path.stem.split("_")[1]))
+        if target.is_file():
+            continue
+        with safe_open(str(path), "pt") as handle:
+            yield target, handle.get_tensor("seed").tolist(), handle
 
 
 def latent_coverage(seed: int, num_frames: int, size: int, latent_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -152,13 +165,8 @@ def add_coverage(folder: str | Path) -> None:
     the scenes' objects only, about 10 ms a clip, so caches built before coverage existed gain it cheaply."""
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
-    for path in sorted(folder.glob("shard_*.safetensors")):
-        target = folder / coverage_name(int(path.stem.split("_")[1]))
-        if target.is_file():
-            continue
-        with safe_open(str(path), "pt") as handle:
-            seeds = handle.get_tensor("seed").tolist()
-            latent_shape = tuple(handle.get_slice("mean").get_shape()[2:])
+    for target, seeds, handle in missing_sidecars(folder, "coverage"):
+        latent_shape = tuple(handle.get_slice("mean").get_shape()[2:])
         coverage = torch.stack([latent_coverage(seed, manifest["num_frames"], manifest["size"], latent_shape)
                                 for seed in seeds])
         with atomic_path(target) as tmp:
@@ -188,12 +196,12 @@ class LatentCache(Dataset):
             except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
                 raise ReelkitError(f"{path}: corrupt latent cache shard ({error})") from None
         self.tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        coverage = [folder / coverage_name(int(path.stem.split("_")[1])) for path in shards]
-        if all(path.is_file() for path in coverage):  # (N, 1+k, h, w): where the objects are (add_coverage)
-            self.tensors["coverage"] = torch.cat([load_file(str(path))["coverage"] for path in coverage])
-        targets = [folder / f"repa_{path.stem.split('_')[1]}.safetensors" for path in shards]
-        if all(path.is_file() for path in targets):  # (N, 1+k, C, h', w'): REPA targets (train.representation)
-            self.tensors["repa"] = torch.cat([load_file(str(path))["features"] for path in targets])
+        # coverage (N, 1+k, h, w): where the objects are (add_coverage); repa (N, 1+k, C, h', w'): REPA targets
+        # (train.representation); each loaded when every shard has it
+        for kind, key in SIDECARS.items():
+            paths = [folder / sidecar_name(kind, int(path.stem.split("_")[1])) for path in shards]
+            if all(path.is_file() for path in paths):
+                self.tensors[kind] = torch.cat([load_file(str(path))[key] for path in paths])
         self.sample = sample
 
     def __len__(self) -> int:
@@ -203,7 +211,7 @@ class LatentCache(Dataset):
         mean = self.tensors["mean"][index].float()
         latent = mean + self.tensors["std"][index].float() * torch.randn_like(mean) if self.sample else mean
         item = {"latent": latent, "caption": self.captions[index], **{k: self.tensors[k][index] for k in LABEL_KEYS}}
-        for key in ("coverage", "repa"):
+        for key in SIDECARS:
             if key in self.tensors:
                 item[key] = self.tensors[key][index].float()
         return item
@@ -231,5 +239,5 @@ class TwinPairs(Dataset):
                 "twin_caption": b["caption"]}
 
 
-__all__ = ["LatentCache", "TwinPairs", "add_coverage", "build_latent_cache", "latent_coverage", "open_cache_folder",
-           "shard_name"]
+__all__ = ["LatentCache", "TwinPairs", "add_coverage", "build_latent_cache", "latent_coverage", "missing_sidecars",
+           "open_cache_folder", "shard_name", "sidecar_name"]

@@ -48,14 +48,12 @@ class AdherenceMonitor:
     @torch.no_grad()
     def evaluate(self, pipe, step: int) -> tuple[dict[str, float], bool]:
         """Generate, judge and log; returns ``(scores, is_best)`` with ``scores`` per attribute and ``mean``."""
-        from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
+        from reelkit.eval.adherence import mean_adherence
+        from reelkit.eval.compare import adherence_per_prompt
 
-        pipe.set_progress_bar_config(disable=True)
-        generators = [torch.Generator().manual_seed(self.seed + i) for i in range(len(self.prompts))]
-        videos = pipe(self.prompts, num_frames=self.frames, height=self.size, width=self.size,
-                      num_inference_steps=self.steps, guidance_scale=self.guidance, generator=generators).frames
-        seen, _ = judge_clips(self.judge, videos.float().cpu())
-        scores = mean_adherence(prompt_adherence(p, s) for p, s in zip(self.prompts, seen, strict=True))
+        scores = mean_adherence(adherence_per_prompt(pipe, self.judge, self.prompts, self.seed, self.steps,
+                                                     self.guidance, self.frames, self.size,
+                                                     batch_size=len(self.prompts)))
         scores["mean"] = sum(scores[k] for k in SCORED) / len(SCORED)
         with self.csv_path.open("a") as handle:
             handle.write(f"{step}," + ",".join(f"{scores[k]:.4f}" for k in HEADER.split(",")[1:]) + "\n")

@@ -26,19 +26,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from reelkit.conventions import TEMPORAL_FACTOR
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
+from reelkit.train.latent_cache import missing_sidecars
 
 DEFAULT_ENCODER = "demo-image"
-
-
-def representation_name(index: int) -> str:
-    return f"repa_{index:05d}.safetensors"
 
 
 def latent_frame_indices(num_frames: int) -> list[int]:
@@ -71,12 +67,7 @@ def add_representation_targets(folder: str | Path, encoder: str = DEFAULT_ENCODE
     model = load_reward(encoder)
     if not hasattr(model, "frame_encoder"):
         raise ReelkitError(f"{encoder}: REPA needs a demo reward with a frame tower (demo-image or demo-video)")
-    for path in sorted(folder.glob("shard_*.safetensors")):
-        target = folder / representation_name(int(path.stem.split("_")[1]))
-        if target.is_file():
-            continue
-        with safe_open(str(path), "pt") as handle:
-            seeds = handle.get_tensor("seed").tolist()
+    for target, seeds, _ in missing_sidecars(folder, "repa"):
         parts = []
         for start in range(0, len(seeds), batch_size):
             video = torch.stack([render_clip(seed, manifest["num_frames"], manifest["size"]).video
@@ -106,5 +97,5 @@ class RepresentationAlignment(nn.Module):
         return 1 - F.cosine_similarity(projected, pooled, dim=-1).mean()
 
 
-__all__ = ["RepresentationAlignment", "add_representation_targets", "encoder_features", "latent_frame_indices",
-           "representation_name"]
+__all__ = ["DEFAULT_ENCODER", "RepresentationAlignment", "add_representation_targets", "encoder_features",
+           "latent_frame_indices"]

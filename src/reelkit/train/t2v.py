@@ -43,7 +43,7 @@ from reelkit.train.common import (
     load_config,
 )
 from reelkit.train.recipe import Recipe
-from reelkit.train.representation import RepresentationAlignment
+from reelkit.train.representation import DEFAULT_ENCODER, RepresentationAlignment
 
 
 @dataclass
@@ -80,7 +80,7 @@ class T2VTrainConfig:
     # shape (cross-entropy, this weight): where the noise hides the shape, the features must take it from the words
     repa: float = 0.0  # > 0: representation alignment (REPA) of block repa_block's output with repa_encoder's
     repa_block: int = 2  # features of the clean clip, this weight (reelkit.train.representation)
-    repa_encoder: str = "demo-image"
+    repa_encoder: str = DEFAULT_ENCODER
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
