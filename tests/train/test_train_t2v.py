@@ -398,3 +398,36 @@ def test_repa_adds_targets_to_the_cache_and_aligns_a_block(tmp_path, tiny_vae_di
 def test_bad_repa_settings_are_one_line_errors(tmp_path, tiny_vae_dir, change, message):
     with pytest.raises(ReelkitError, match=message):
         run(write_config(tmp_path, tiny_vae_dir, **change))
+
+
+def test_contrastive_flow_matching_pushes_away_from_the_previous_sample_or_the_twin():
+    from reelkit.objectives.flow_matching import flow_matching_loss
+
+    latents, tokens = torch.randn(6, 2, 1, 4, 4), {"input_ids": None, "attention_mask": None}
+
+    def denoiser(noisy, timestep, *rest):
+        return torch.zeros_like(noisy)
+
+    def velocities(paired):  # the draws flow_matching_loss makes, in its order
+        generator = torch.Generator().manual_seed(0)
+        torch.randn(len(latents), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        if paired:
+            noise[-paired:] = noise[-2 * paired:-paired]
+        return noise - latents
+
+    target = velocities(0)
+    plain = flow_matching_loss(denoiser, latents, tokens, torch.Generator().manual_seed(0))
+    contrastive = flow_matching_loss(denoiser, latents, tokens, torch.Generator().manual_seed(0), contrastive=0.1)
+    torch.testing.assert_close(contrastive, plain - 0.1 * target.roll(1, 0).pow(2).mean())
+    target = velocities(2)  # samples 2, 3 are clips whose twins are samples 4, 5: each pair is the other's negative
+    negative = target[[5, 0, 4, 5, 2, 3]]  # the plain samples: the previous one (sample 0: the last)
+    paired = flow_matching_loss(denoiser, latents, tokens, torch.Generator().manual_seed(0), paired=2,
+                                contrastive=0.1)
+    torch.testing.assert_close(paired, target.pow(2).mean() - 0.1 * negative.pow(2).mean())
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_contrastive_weight_out_of_range_is_refused(tmp_path, tiny_vae_dir, value):
+    with pytest.raises(ReelkitError, match="contrastive must lie in"):
+        run(write_config(tmp_path, tiny_vae_dir, contrastive=value))

@@ -81,6 +81,7 @@ class T2VTrainConfig:
     repa: float = 0.0  # > 0: representation alignment (REPA) of block repa_block's output with repa_encoder's
     repa_block: int = 2  # features of the clean clip, this weight (reelkit.train.representation)
     repa_encoder: str = DEFAULT_ENCODER
+    contrastive: float = 0.0  # > 0: contrastive flow matching (Delta-FM, Stoica et al. 2025), this weight
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "bf16": autocast (see reelkit.train.common.autocast)
@@ -110,6 +111,8 @@ class T2VTrainConfig:
         if not 0 <= self.shape_probe <= 100 or not 0 <= self.shape_probe_min_sigma < 1:
             raise ReelkitError(f"shape_probe must lie in 0 .. 100 (0: off) and shape_probe_min_sigma in [0, 1); got "
                                f"{self.shape_probe}, {self.shape_probe_min_sigma}")
+        if not 0 <= self.contrastive < 1:
+            raise ReelkitError(f"contrastive must lie in [0, 1) (0: off), got {self.contrastive}")
         if not 0 <= self.repa <= 100 or self.repa_block < 0:
             raise ReelkitError(f"repa must lie in 0 .. 100 (0: off) and repa_block be >= 0; got {self.repa}, "
                                f"{self.repa_block}")
@@ -354,7 +357,7 @@ class T2VRecipe(Recipe):
             loss = flow_matching_loss(self.denoiser, latents, tokens, generator, config.logit_mean, config.logit_std,
                                       weight, None if config.object_weight_max_sigma is None else
                                       (config.object_weight_min_sigma, config.object_weight_max_sigma), paired,
-                                      sigmas_out=sigmas)
+                                      sigmas_out=sigmas, contrastive=config.contrastive)
         figures = {"loss": loss.item()}
         if config.shape_probe > 0:
             B = len(batch["caption"])
