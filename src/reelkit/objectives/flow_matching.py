@@ -21,7 +21,8 @@ def flow_matching_loss(denoiser, latents: torch.Tensor, tokens: dict, generator:
     the last ``paired`` samples are twins of the ``paired`` before them and get the same noise and noise level,
     so the pair differs only in what its captions and clips differ in. ``sigmas_out``: a list that receives
     the ``(B,)`` noise levels drawn (for an auxiliary loss on the same forward). ``contrastive``: Delta-FM's
-    weight; each sample's negative is the next one in the batch, a twin's is its partner (same noise, other shapes)."""
+    weight; each sample's negative is the previous one in the batch, a twin's is its partner (same noise, other
+    shapes)."""
     sigma = torch.sigmoid(logit_mean + logit_std * torch.randn(len(latents), generator=generator))
     noise = torch.randn(latents.shape, generator=generator)
     if paired:
