@@ -29,6 +29,7 @@ def test_search_space_covers_steps_and_every_accelerator():
     assert "teacher/50/g5/rehash10" in keys and "teacher/20/g5/rehash4" in keys
     assert "teacher/20/g5/gi0.4" in keys and "teacher/20/g5/adacache-fast/gi0.2" in keys
     assert "teacher/50/g5/rehash25/gi0.4" in keys  # limited guidance on the largest Step Rehash budget
+    assert "teacher/20/g5/adacache-calibrated" in keys  # a codebook fitted at 20 steps against the reference
     assert [k for k in keys if k.startswith("student")] == ["student/2/g5", "student/4/g5", "student/8/g5"]
 
 
@@ -64,6 +65,32 @@ def test_an_interrupted_search_resumes_from_its_state(model_dir, prompts, tmp_pa
     assert again.measure(candidate, ["a red circle"]) == figures
 
 
+def test_a_calibrated_candidate_fits_its_codebook_once_and_its_recipe_carries_it(model_dir, prompts, tmp_path,
+                                                                                  one_thread):
+    from reelkit.accel.adacache import Codebook
+    from reelkit.cli.common import load_generator
+    from reelkit.eval.tune import CALIBRATED
+
+    state = tmp_path / "recipe.json.state"
+    settings = TuneSettings(frames=5, size=32, target_psnr=12)
+    tuner = Tuner(load_generator, settings, (str(model_dir), 8), state_path=state)
+    candidate = Candidate(str(model_dir), 6, cache=CALIBRATED)
+    figures = tuner.measure(candidate, ["a red circle"])
+    saved = json.loads(state.read_text())["measured"][f"codebook:{candidate.key()}"]
+    assert saved["rates"][-1] == 1 and figures["psnr_db"] == pytest.approx(min(saved["psnr_db"], 100.0))
+    again = Tuner(lambda name: pytest.fail("a resumed search must not calibrate again"), settings,
+                  (str(model_dir), 8), state_path=state)
+    assert again.measure(candidate, ["a red circle"]) == figures
+    assert again.codebook(candidate, ["a red circle"]).rates == tuple(saved["rates"])
+
+    pipe = tiny_pipeline()
+    recipe = Recipe(model="tiny", fingerprint=model_fingerprint(pipe.transformer), steps=6, guidance=5.0,
+                    cache=CALIBRATED, codebook={"thresholds": saved["thresholds"], "rates": saved["rates"]})
+    loaded = load_recipe(recipe.save(tmp_path / "r.json"))
+    assert apply_recipe(pipe, loaded) == (6, 5.0) and "adacache-calibrated" in loaded.describe()
+    assert pipe.transformer._ada_cache_config.codebook == Codebook(tuple(saved["thresholds"]), tuple(saved["rates"]))
+
+
 def test_a_recipe_with_limited_guidance_puts_it_on_the_pipeline_and_describes_it(tmp_path):
     pipe = tiny_pipeline()
     recipe = Recipe(model="tiny", fingerprint=model_fingerprint(pipe.transformer), steps=8, guidance=5.0,
@@ -87,6 +114,9 @@ def test_a_recipe_for_another_model_is_refused(tmp_path):
     (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 0, "guidance": 5}), "corrupt recipe"),
     (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 4, "guidance": 5,
                  "guidance_interval": 2}), "corrupt recipe"),
+    (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 4, "guidance": 5,
+                 "cache": "adacache-calibrated", "codebook": {"thresholds": [0.2, 0.1], "rates": [3, 1]}}),
+     "corrupt recipe"),
 ])
 def test_corrupt_recipe_files_are_one_line_errors(cli, one_line_error, tmp_path, content, words):
     path = tmp_path / "recipe.json"

@@ -133,17 +133,26 @@ def candidate_codebooks(trajectories: Sequence[Trajectory], num_steps: int, comp
 
 def calibrate_ada_cache(pipe, prompts: Sequence[str], target_psnr: float = 30.0,
                         settings: GenerationSettings | None = None, base: AdaCacheConfig | None = None,
-                        progress: Callable[[str], None] | None = None) -> CalibrationResult:
+                        progress: Callable[[str], None] | None = None,
+                        references: Sequence[torch.Tensor] | None = None) -> CalibrationResult:
     """The fastest codebook whose cached videos of ``prompts`` reach ``target_psnr`` (mean, dB) against the
     uncached ones. ``base`` carries the other AdaCache settings (monitor, MoReg, ...); with MoReg on, its
-    centre is re-set to the median motion score recorded on the uncached run."""
+    centre is re-set to the median motion score recorded on the uncached run.
+
+    ``references`` (one ``(C, T, H, W)`` clip a prompt, same seeds) replaces the uncached videos as the target to
+    match: e.g. the model at more steps, so that fewer steps and the cache share one quality budget (what
+    ``reelkit tune`` does). The metric trajectories still come from the uncached run at ``settings.steps``."""
     settings = settings or GenerationSettings()
     base = base or AdaCacheConfig()
     say = progress or (lambda message: None)
     if not prompts:
         raise AdaCacheError("calibration needs at least one prompt")
     say(f"uncached reference run on {len(prompts)} prompt(s)")
-    references, trajectories = reference_run(pipe, prompts, settings, base)
+    uncached, trajectories = reference_run(pipe, prompts, settings, base)
+    if references is None:
+        references = uncached
+    elif len(references) != len(prompts):
+        raise AdaCacheError(f"calibration got {len(references)} reference clips for {len(prompts)} prompts")
     moreg_centre = None
     if base.moreg:
         motions = [v for t in trajectories for v in t.motion.values()]

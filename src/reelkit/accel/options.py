@@ -23,14 +23,15 @@ CACHE_PRESETS = {"adacache": "fast", "adacache-fast": "fast", "adacache-slow": "
 
 @dataclass
 class AccelerationOptions:
-    """``cache``: an AdaCache preset name (``CACHE_PRESETS``) or None; ``codebook``: an AdaCache codebook file
-    (replaces the preset); ``moreg``: MoReg on AdaCache; ``rehash``: Step Rehash's full-step budget;
+    """``cache``: an AdaCache preset name (``CACHE_PRESETS``) or None; ``codebook``: an AdaCache codebook file, or
+    a :class:`~reelkit.accel.adacache.Codebook` (a tuned recipe's), which replaces the preset; ``moreg``: MoReg on
+    AdaCache; ``rehash``: Step Rehash's full-step budget;
     ``rehash_schedule``: its key-step schedule file; ``slicing``: Feature Slicing (``"auto"``, a chunk count or a
     memory budget such as ``"2GiB"``); ``guidance_interval``: the lowest noise level that still runs
     classifier-free guidance (below it, one transformer call a step instead of two)."""
 
     cache: str | None = None
-    codebook: str | Path | None = None
+    codebook: str | Path | object | None = None
     moreg: bool = False
     rehash: int | None = None
     rehash_schedule: str | Path | None = None
@@ -73,6 +74,8 @@ def ada_cache_config(cache: str | None, moreg: bool, codebook: str | Path | None
         return AdaCacheConfig(codebook=CACHE_PRESETS[cache], moreg=moreg)
     if cache not in (None, "adacache"):
         raise ReelkitError(f"--codebook replaces the {cache} preset; use --cache adacache or leave --cache out")
+    if isinstance(codebook, Codebook):
+        return AdaCacheConfig(codebook=codebook, moreg=moreg)
     codebook = Path(codebook)
     book = Codebook.load(codebook)
     centre = json.loads(codebook.read_text()).get("moreg_centre")

@@ -40,8 +40,10 @@ class RecipeError(ReelkitError):
 @dataclass
 class Recipe:
     """What to run: ``model`` (a bundled name or a folder), its ``fingerprint``, ``steps``, ``guidance`` and the
-    accelerators (the names of :class:`reelkit.accel.options.AccelerationOptions`); ``measured`` holds the
-    search's and the held-out prompts' figures, ``targets`` what was asked, ``machine`` where it was measured."""
+    accelerators (the names of :class:`reelkit.accel.options.AccelerationOptions`; ``codebook`` an AdaCache
+    codebook the search calibrated, ``{"thresholds": [...], "rates": [...]}``, with ``cache``
+    ``"adacache-calibrated"``); ``measured`` holds the search's and the held-out prompts' figures, ``targets``
+    what was asked, ``machine`` where it was measured."""
 
     model: str
     fingerprint: str
@@ -52,11 +54,16 @@ class Recipe:
     rehash: int | None = None
     slicing: str | None = None
     guidance_interval: float | None = None
+    codebook: dict | None = None
     measured: dict = field(default_factory=dict)
     targets: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
 
     def options(self) -> AccelerationOptions:
+        if self.codebook is not None:
+            return AccelerationOptions(codebook=codebook_from_dict(self.codebook), moreg=self.moreg,
+                                       rehash=self.rehash, slicing=self.slicing,
+                                       guidance_interval=self.guidance_interval)
         return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
                                    guidance_interval=self.guidance_interval)
 
@@ -98,9 +105,18 @@ def load_recipe(path: str | Path) -> Recipe:
             raise ValueError
         if recipe.guidance_interval is not None:
             check_guidance_interval(float(recipe.guidance_interval))
-    except (TypeError, ValueError, ReelkitError):
+        if recipe.codebook is not None:
+            codebook_from_dict(recipe.codebook)
+    except (TypeError, ValueError, KeyError, ReelkitError):
         raise RecipeError(f"{path}: a corrupt recipe (missing or invalid fields)") from None
     return recipe
+
+
+def codebook_from_dict(data: dict):
+    """The :class:`~reelkit.accel.adacache.Codebook` a recipe records as ``{"thresholds": [...], "rates": [...]}``."""
+    from reelkit.accel.adacache import Codebook
+
+    return Codebook(tuple(float(t) for t in data["thresholds"]), tuple(int(r) for r in data["rates"]))
 
 
 def model_fingerprint(transformer: torch.nn.Module) -> str:
@@ -132,4 +148,5 @@ def apply_recipe(pipe, recipe: Recipe, bundled_teacher: bool | None = None) -> t
     return recipe.steps, float(recipe.guidance)
 
 
-__all__ = ["FORMAT", "Recipe", "RecipeError", "apply_recipe", "check_recipe_model", "load_recipe", "model_fingerprint"]
+__all__ = ["FORMAT", "Recipe", "RecipeError", "apply_recipe", "check_recipe_model", "codebook_from_dict", "load_recipe",
+           "model_fingerprint"]

@@ -33,6 +33,8 @@ STUDENT_STEPS = (2, 4, 8)
 REHASH_FRACTIONS = (0.2, 0.3, 0.4, 0.5)  # Step Rehash budgets: these shares of the steps run the full model
 SLICE_CHUNKS = ("2", "4", "8")
 GUIDANCE_INTERVALS = (0.2, 0.4)  # classifier-free guidance only above these noise levels (one call a step below)
+CALIBRATED = "adacache-calibrated"  # AdaCache with a codebook fitted on the search prompts against the reference
+CALIBRATION_MIN_STEPS = 5  # AdaCache computes its first and last 2 steps: calibration needs steps in between
 MAX_PSNR = 100.0
 
 
@@ -61,7 +63,13 @@ class Candidate:
                               f"gi{self.guidance_interval:g}" if self.guidance_interval else None) if p]
         return "/".join(parts)
 
-    def options(self) -> AccelerationOptions:
+    def options(self, codebook=None) -> AccelerationOptions:
+        """The accelerators; a calibrated candidate (``cache`` ``CALIBRATED``) takes its fitted ``codebook``."""
+        if self.cache == CALIBRATED:
+            if codebook is None:
+                raise ReelkitError(f"{self.key()}: calibrate its codebook first (Tuner.codebook)")
+            return AccelerationOptions(codebook=codebook, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
+                                       guidance_interval=self.guidance_interval)
         return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
                                    guidance_interval=self.guidance_interval)
 
@@ -69,7 +77,8 @@ class Candidate:
 def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequence[int] = TEACHER_STEPS
                ) -> list[Candidate]:
     """The search space: a many-step model (the teacher, or a folder) at each of ``steps_choices``, alone, with
-    AdaCache (fast, slow, with MoReg) or with Step Rehash budgets, and each of the plain, AdaCache (fast) and
+    AdaCache (fast, slow, with MoReg, or a codebook calibrated at that step count to the target against the
+    reference, ``CALIBRATED``) or with Step Rehash budgets, and each of the plain, AdaCache (fast) and
     largest-budget Step Rehash runs with guidance limited to the noise levels above each of ``GUIDANCE_INTERVALS``;
     the few-step student at 2, 4 and 8 steps (caches give nothing at a few steps; it runs no unconditional branch
     to skip)."""
@@ -81,6 +90,8 @@ def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequ
         for steps in steps_choices:
             found.append(Candidate(model, steps, guidance))
             found += [Candidate(model, steps, guidance, cache=c) for c in ("adacache-fast", "adacache-slow")]
+            if steps > CALIBRATION_MIN_STEPS:
+                found.append(Candidate(model, steps, guidance, cache=CALIBRATED))
             found.append(Candidate(model, steps, guidance, cache="adacache-fast", moreg=True))
             budgets = [k for k in sorted({max(2, round(steps * share)) for share in REHASH_FRACTIONS}) if k < steps]
             found += [Candidate(model, steps, guidance, rehash=k) for k in budgets]
@@ -151,6 +162,7 @@ class Tuner:
         self.guidance = guidance
         self.pipes: dict[str, object] = {}
         self.references: dict[tuple, torch.Tensor] = {}
+        self.codebooks: dict[str, object] = {}  # calibrated candidates' codebooks by candidate key
         self.say = progress or (lambda message: None)
         fingerprint = {"settings": asdict(settings), "reference": list(reference), "guidance": guidance}
         self.state = _State(Path(state_path) if state_path else None, fingerprint)
@@ -170,7 +182,8 @@ class Tuner:
         s = self.settings
         pipe = self.pipe(candidate.model)
         settings = GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size)
-        apply_acceleration(pipe, candidate.options(), candidate.steps, bundled_teacher=candidate.model == "teacher")
+        options = candidate.options(self.codebooks.get(replace(candidate, slicing=None).key()))
+        apply_acceleration(pipe, options, candidate.steps, bundled_teacher=candidate.model == "teacher")
         try:
             peak_bytes = None
             if peak:
@@ -192,12 +205,47 @@ class Tuner:
             self.references[key], _, _ = self._clips(Candidate(model, steps, self.guidance), prompts)
         return self.references[key]
 
+    def codebook(self, candidate: Candidate, prompts: Sequence[str]):
+        """The AdaCache codebook of a calibrated candidate: the fastest whose clips of ``prompts`` (the search's;
+        held-out prompts reuse it) keep the PSNR target against the reference clips at the candidate's steps, so
+        the cache spends what quality the fewer steps leave (:func:`reelkit.accel.calibrate.calibrate_ada_cache`).
+        Kept in the state, so a resumed search does not calibrate again."""
+        from reelkit.accel.adacache import AdaCacheConfig
+        from reelkit.accel.calibrate import calibrate_ada_cache
+        from reelkit.accel.recipe import codebook_from_dict
+        from reelkit.generation import GenerationSettings
+
+        key = replace(candidate, slicing=None).key()  # Feature Slicing is exact: one codebook serves both
+        if key not in self.codebooks:
+            saved = self.state.get(f"codebook:{key}")
+            if saved is None:
+                s = self.settings
+                self.say(f"calibrating {key} on {len(prompts)} prompts")
+                references, pipe = list(self.reference_clips(prompts)), self.pipe(candidate.model)
+                if candidate.guidance_interval is not None:  # calibrated as it will run: guidance limited too
+                    pipe.enable_guidance_interval(candidate.guidance_interval)
+                try:
+                    result = calibrate_ada_cache(
+                        pipe, prompts, s.target_psnr,
+                        GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size),
+                        AdaCacheConfig(moreg=candidate.moreg), references=references)
+                finally:
+                    if candidate.guidance_interval is not None:
+                        pipe.disable_guidance_interval()
+                saved = {"thresholds": list(result.codebook.thresholds), "rates": list(result.codebook.rates),
+                         "psnr_db": result.psnr_db, "computed_fraction": result.computed_fraction}
+                self.state.put(f"codebook:{key}", saved)
+            self.codebooks[key] = codebook_from_dict(saved)
+        return self.codebooks[key]
+
     def measure(self, candidate: Candidate, prompts: Sequence[str], label: str = "search") -> dict:
         """Figures of ``candidate`` on ``prompts`` (from the state when already measured)."""
         key = f"{label}:{candidate.key()}"
         saved = self.state.get(key)
         if saved is not None:
             return saved
+        if candidate.cache == CALIBRATED:
+            self.codebook(candidate, prompts)
         references = self.reference_clips(prompts)
         budget = self.settings.max_memory is not None
         _, _, peak = self._clips(candidate, prompts[:1], peak=budget)  # the warm-up (and the memory measurement)
@@ -257,10 +305,12 @@ class Tuner:
         singles = [f for c, f in passing if techniques(c, self.reference[1]) == 1]
         best_single = min((f["latency_s"] for f in singles), default=None)
         s = self.settings
+        book = self.codebook(chosen, prompts) if chosen.cache == CALIBRATED else None
         return Recipe(
             model=chosen.model, fingerprint=model_fingerprint(self.pipe(chosen.model).transformer),
             steps=chosen.steps, guidance=chosen.guidance, cache=chosen.cache, moreg=chosen.moreg,
             rehash=chosen.rehash, slicing=chosen.slicing, guidance_interval=chosen.guidance_interval,
+            codebook=None if book is None else {"thresholds": list(book.thresholds), "rates": list(book.rates)},
             measured={"search": {**figures, "speedup": baseline["latency_s"] / figures["latency_s"],
                                  "prompts": len(prompts)},
                       "heldout": {**held, "speedup": held_baseline["latency_s"] / held["latency_s"],
@@ -272,4 +322,4 @@ class Tuner:
         )
 
 
-__all__ = ["Candidate", "TuneError", "TuneSettings", "Tuner", "candidates", "check_targets", "techniques"]
+__all__ = ["CALIBRATED", "Candidate", "TuneError", "TuneSettings", "Tuner", "candidates", "check_targets", "techniques"]

@@ -12,7 +12,6 @@ the reference clips), ``techniques`` (how many of: fewer steps, AdaCache, Step R
 
 from __future__ import annotations
 
-from reelkit.accel.options import AccelerationOptions
 from reelkit.eval.bench import BenchContext
 from reelkit.eval.bench.harness import heldout_prompts
 from reelkit.eval.tune import Candidate, Tuner, TuneSettings, candidates, techniques
@@ -78,9 +77,9 @@ def run(ctx: BenchContext) -> list[dict]:
         return pipe
 
     space = candidates(MODELS, GUIDANCE, STEPS[quick])
-    if not any(c.steps == reference[1] and c.model == "teacher" and c.options() == AccelerationOptions()
-               for c in space):
-        space.insert(0, Candidate("teacher", reference[1], GUIDANCE))
+    plain_reference = Candidate("teacher", reference[1], GUIDANCE)
+    if plain_reference not in space:
+        space.insert(0, plain_reference)
     ctx.settings.update({"num_prompts": len(prompts), "frames": FRAMES, "sizes": list(SIZES[quick]),
                          "reference": f"{reference[0]}@{reference[1]}", "guidance": GUIDANCE,
                          "candidates": len(space)})
