@@ -15,6 +15,7 @@ def test_tune_suite_measures_every_candidate_and_marks_the_front(configure, tmp_
     rows = report["rows"]
     methods = {row["method"] for row in rows}
     assert "teacher/8/g5" in methods and "teacher/4/g5/adacache-fast" in methods and "student/4/g5" in methods
+    assert "teacher/8/g5/adacache-calibrated" in methods  # its codebook fitted on other prompts
     reference = next(row for row in rows if row["method"] == "teacher/8/g5")
     assert reference["psnr_db"] == 100.0 and reference["techniques"] == 0
     # A candidate whose output matches the reference exactly (100 dB) and runs faster pushes the reference off
