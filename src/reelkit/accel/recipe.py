@@ -60,11 +60,10 @@ class Recipe:
     machine: dict = field(default_factory=dict)
 
     def options(self) -> AccelerationOptions:
-        if self.codebook is not None:
-            return AccelerationOptions(codebook=codebook_from_dict(self.codebook), moreg=self.moreg,
-                                       rehash=self.rehash, slicing=self.slicing,
-                                       guidance_interval=self.guidance_interval)
-        return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
+        calibrated = self.codebook is not None  # the codebook replaces the cache preset
+        return AccelerationOptions(cache=None if calibrated else self.cache,
+                                   codebook=codebook_from_dict(self.codebook) if calibrated else None,
+                                   moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
                                    guidance_interval=self.guidance_interval)
 
     def describe(self) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from reelkit.accel.options import AccelerationOptions, apply_acceleration, remove_acceleration
-from reelkit.accel.recipe import Recipe, model_fingerprint
+from reelkit.accel.recipe import Recipe, codebook_from_dict, model_fingerprint
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
 from reelkit.metrics import video_psnr
@@ -65,12 +65,11 @@ class Candidate:
 
     def options(self, codebook=None) -> AccelerationOptions:
         """The accelerators; a calibrated candidate (``cache`` ``CALIBRATED``) takes its fitted ``codebook``."""
-        if self.cache == CALIBRATED:
-            if codebook is None:
-                raise ReelkitError(f"{self.key()}: calibrate its codebook first (Tuner.codebook)")
-            return AccelerationOptions(codebook=codebook, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
-                                       guidance_interval=self.guidance_interval)
-        return AccelerationOptions(cache=self.cache, moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
+        calibrated = self.cache == CALIBRATED
+        if calibrated and codebook is None:
+            raise ReelkitError(f"{self.key()}: calibrate its codebook first (Tuner.codebook)")
+        return AccelerationOptions(cache=None if calibrated else self.cache, codebook=codebook if calibrated else None,
+                                   moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
                                    guidance_interval=self.guidance_interval)
 
 
@@ -152,6 +151,11 @@ class _State:
                 tmp.write_text(json.dumps(self.data, indent=1))
 
 
+def _codebook_key(candidate: Candidate) -> str:
+    """Where the state keeps a calibrated candidate's codebook (Feature Slicing is exact: one serves both)."""
+    return f"codebook:{replace(candidate, slicing=None).key()}"
+
+
 class Tuner:
     """Measures candidates on prompts against reference clips; ``load(model)`` returns a pipeline by name."""
 
@@ -162,7 +166,6 @@ class Tuner:
         self.guidance = guidance
         self.pipes: dict[str, object] = {}
         self.references: dict[tuple, torch.Tensor] = {}
-        self.codebooks: dict[str, object] = {}  # calibrated candidates' codebooks by candidate key
         self.say = progress or (lambda message: None)
         fingerprint = {"settings": asdict(settings), "reference": list(reference), "guidance": guidance}
         self.state = _State(Path(state_path) if state_path else None, fingerprint)
@@ -182,7 +185,8 @@ class Tuner:
         s = self.settings
         pipe = self.pipe(candidate.model)
         settings = GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size)
-        options = candidate.options(self.codebooks.get(replace(candidate, slicing=None).key()))
+        saved = self.state.get(_codebook_key(candidate))
+        options = candidate.options(codebook_from_dict(saved) if saved else None)
         apply_acceleration(pipe, options, candidate.steps, bundled_teacher=candidate.model == "teacher")
         try:
             peak_bytes = None
@@ -212,31 +216,28 @@ class Tuner:
         Kept in the state, so a resumed search does not calibrate again."""
         from reelkit.accel.adacache import AdaCacheConfig
         from reelkit.accel.calibrate import calibrate_ada_cache
-        from reelkit.accel.recipe import codebook_from_dict
         from reelkit.generation import GenerationSettings
 
-        key = replace(candidate, slicing=None).key()  # Feature Slicing is exact: one codebook serves both
-        if key not in self.codebooks:
-            saved = self.state.get(f"codebook:{key}")
-            if saved is None:
-                s = self.settings
-                self.say(f"calibrating {key} on {len(prompts)} prompts")
-                references, pipe = list(self.reference_clips(prompts)), self.pipe(candidate.model)
-                if candidate.guidance_interval is not None:  # calibrated as it will run: guidance limited too
-                    pipe.enable_guidance_interval(candidate.guidance_interval)
-                try:
-                    result = calibrate_ada_cache(
-                        pipe, prompts, s.target_psnr,
-                        GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size),
-                        AdaCacheConfig(moreg=candidate.moreg), references=references)
-                finally:
-                    if candidate.guidance_interval is not None:
-                        pipe.disable_guidance_interval()
-                saved = {"thresholds": list(result.codebook.thresholds), "rates": list(result.codebook.rates),
-                         "psnr_db": result.psnr_db, "computed_fraction": result.computed_fraction}
-                self.state.put(f"codebook:{key}", saved)
-            self.codebooks[key] = codebook_from_dict(saved)
-        return self.codebooks[key]
+        key = _codebook_key(candidate)
+        saved = self.state.get(key)
+        if saved is None:
+            s = self.settings
+            self.say(f"calibrating {candidate.key()} on {len(prompts)} prompts")
+            references, pipe = list(self.reference_clips(prompts)), self.pipe(candidate.model)
+            if candidate.guidance_interval is not None:  # calibrated as it will run: guidance limited too
+                pipe.enable_guidance_interval(candidate.guidance_interval)
+            try:
+                result = calibrate_ada_cache(
+                    pipe, prompts, s.target_psnr,
+                    GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size),
+                    AdaCacheConfig(moreg=candidate.moreg), references=references)
+            finally:
+                if candidate.guidance_interval is not None:
+                    pipe.disable_guidance_interval()
+            saved = {"thresholds": list(result.codebook.thresholds), "rates": list(result.codebook.rates),
+                     "psnr_db": result.psnr_db, "computed_fraction": result.computed_fraction}
+            self.state.put(key, saved)
+        return codebook_from_dict(saved)
 
     def measure(self, candidate: Candidate, prompts: Sequence[str], label: str = "search") -> dict:
         """Figures of ``candidate`` on ``prompts`` (from the state when already measured)."""
