@@ -35,6 +35,14 @@ def test_limited_guidance_runs_one_branch_on_the_late_steps(cli, model_dir, tmp_
     assert read_video(tmp_path / "out.mp4").shape == (3, 5, 32, 32)
 
 
+def test_guidance_reuse_on_step_rehash_reports_the_reused_steps(cli, model_dir, tmp_path):
+    code, stdout, err = cli("generate", "a red circle", "-o", tmp_path / "out.mp4", "--model", model_dir,
+                            "--rehash", "1", "--guidance-reuse", "0.5", *SMALL)
+    assert code == 0, err
+    assert "guidance reuse: 1 of 2 steps reused" in stdout  # the one rehash step
+    assert read_video(tmp_path / "out.mp4").shape == (3, 5, 32, 32)
+
+
 def test_batch_mode_writes_one_clip_per_prompt_and_resumes(cli, model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moving right\na blue star spinning\n\na green square\n")
@@ -86,6 +94,8 @@ def test_a_clip_depends_on_its_line_not_on_the_sharding(cli, model_dir, tmp_path
     (("a red circle", "--steps", "0"), "at least 1"),
     (("a red circle", "--guidance-interval", "1.5"), "--guidance-interval is the lowest noise level"),
     (("a red circle", "--guidance-interval", "0"), "--guidance-interval is the lowest noise level"),
+    (("a red circle", "--guidance-reuse", "1.5"), "--guidance-reuse is the noise level"),
+    (("a red circle", "--guidance-reuse", "0", "--recipe", "r.json"), "--recipe sets the steps"),
     (("a red circle", "-o", "missing/dir/out.mp4"), "no such folder"),
     (("a red circle", "-o", "out.avi"), "must end in"),
     (("--prompts", "nope.txt", "--out-dir", "o"), "no such prompts file"),

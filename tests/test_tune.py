@@ -30,6 +30,8 @@ def test_search_space_covers_steps_and_every_accelerator():
     assert "teacher/20/g5/gi0.4" in keys and "teacher/20/g5/adacache-fast/gi0.2" in keys
     assert "teacher/50/g5/rehash25/gi0.4" in keys  # limited guidance on the largest Step Rehash budget
     assert "teacher/20/g5/adacache-calibrated" in keys  # a codebook fitted at 20 steps against the reference
+    assert "teacher/20/g5/gr0.5" in keys and "teacher/20/g5/gr0.7" in keys  # guidance reuse, alone
+    assert "teacher/20/g5/rehash8/gr0.7" in keys  # and on every Step Rehash budget
     assert [k for k in keys if k.startswith("student")] == ["student/2/g5", "student/4/g5", "student/8/g5"]
 
 
@@ -100,6 +102,32 @@ def test_a_recipe_with_limited_guidance_puts_it_on_the_pipeline_and_describes_it
     assert "guidance above sigma 0.4" in loaded.describe()
 
 
+def test_a_recipe_with_guidance_reuse_reuses_it_on_the_rehash_steps_too(tmp_path):
+    from reelkit.accel.step_rehash import config_from_options
+
+    pipe = tiny_pipeline()
+    recipe = Recipe(model="tiny", fingerprint=model_fingerprint(pipe.transformer), steps=8, guidance=5.0,
+                    rehash=4, guidance_reuse=0.7)
+    loaded = load_recipe(recipe.save(tmp_path / "r.json"))
+    assert apply_recipe(pipe, loaded) == (8, 5.0) and "guidance reused below sigma 0.7" in loaded.describe()
+    keys = config_from_options(4, None, 8, bundled=False).key_steps_for(8)
+    below, every, steps = pipe.guidance_reuse
+    assert (below, every) == (0.7, 2) and steps == frozenset(range(8)) - set(keys)
+
+
+def test_generate_applies_a_recipe_with_a_calibrated_codebook(cli, model_dir, tmp_path):
+    from reelkit.cli.common import load_generator
+    from reelkit.eval.tune import CALIBRATED
+
+    pipe = load_generator(str(model_dir))
+    recipe = Recipe(model=str(model_dir), fingerprint=model_fingerprint(pipe.transformer), steps=6, guidance=5.0,
+                    cache=CALIBRATED, codebook={"thresholds": [0.1, 0.3], "rates": [3, 1]}, guidance_reuse=0.5)
+    code, stdout, err = cli("generate", "a red circle", "--recipe", recipe.save(tmp_path / "r.json"),
+                            "-o", tmp_path / "x.mp4", *SMALL)
+    assert code == 0, err
+    assert "adacache:" in stdout and "guidance reuse:" in stdout and (tmp_path / "x.mp4").is_file()
+
+
 def test_a_recipe_for_another_model_is_refused(tmp_path):
     recipe = Recipe(model="tiny", fingerprint=model_fingerprint(tiny_pipeline(seed=0).transformer), steps=4,
                     guidance=5.0)
@@ -114,6 +142,8 @@ def test_a_recipe_for_another_model_is_refused(tmp_path):
     (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 0, "guidance": 5}), "corrupt recipe"),
     (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 4, "guidance": 5,
                  "guidance_interval": 2}), "corrupt recipe"),
+    (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 4, "guidance": 5,
+                 "guidance_reuse": 0}), "corrupt recipe"),
     (json.dumps({"format": FORMAT, "model": "t", "fingerprint": "x", "steps": 4, "guidance": 5,
                  "cache": "adacache-calibrated", "codebook": {"thresholds": [0.2, 0.1], "rates": [3, 1]}}),
      "corrupt recipe"),

@@ -79,6 +79,53 @@ def test_a_guidance_interval_skips_the_unconditional_branch_at_low_noise(pipe, m
         pipe.enable_guidance_interval(0.6, 0.4)
 
 
+def test_guidance_reuse_skips_the_unconditional_branch_and_reuses_the_last_difference(pipe, monkeypatch):
+    steps = 6
+    plain = run(pipe, num_inference_steps=steps)
+    uncond_steps = []
+    original = type(pipe.transformer).cache_context
+
+    def spy(self, name, **kwargs):
+        if name == "uncond":
+            uncond_steps.append(kwargs["step_index"])
+        return original(self, name, **kwargs)
+
+    monkeypatch.setattr(type(pipe.transformer), "cache_context", spy)
+    pipe.enable_guidance_reuse(0.5, steps=[1])
+    reused = run(pipe, num_inference_steps=steps)
+    sigmas = pipe.scheduler.sigmas[:steps].tolist()
+    low = [i for i, sigma in enumerate(sigmas) if sigma < 0.5]
+    assert low and low[0] > 2  # step 1 given, then every other low-noise step from the first
+    expected = [1] + low[::2]
+    assert pipe.guidance_reused_steps == tuple(expected)
+    assert uncond_steps == [i for i in range(steps) if i not in expected]
+    assert not torch.equal(reused, plain) and (reused - plain).abs().max() < 0.5
+
+    # a reused step is the guided output with the unconditional branch rebuilt from the kept difference
+    deltas = []
+
+    def record(self, latents, t, pe, npe, g, i, n, guidance_delta=None):
+        out = TextToVideoPipeline.predict(self, latents, t, pe, npe, g, i, n, guidance_delta)
+        deltas.append((i, guidance_delta, out[1]))
+        return out
+
+    monkeypatch.setattr(pipe, "predict", record.__get__(pipe))
+    run(pipe, num_inference_steps=steps)
+    kept = {i: delta for i, given, delta in deltas if given is None}
+    for i, given, _ in deltas:
+        if given is not None:
+            assert torch.equal(given, kept[max(k for k in kept if k < i)])
+    monkeypatch.undo()
+
+    pipe.disable_guidance_reuse()
+    assert pipe.guidance_reuse is None and torch.equal(run(pipe, num_inference_steps=steps), plain)
+    assert pipe.guidance_reused_steps == ()
+    with pytest.raises(ReelkitError, match="noise level in"):
+        pipe.enable_guidance_reuse(0.0)
+    with pytest.raises(ReelkitError, match="once every >= 2 steps"):
+        pipe.enable_guidance_reuse(0.5, every=1)
+
+
 def test_callback_sees_every_step_and_can_replace_latents(pipe):
     steps = []
 

@@ -28,7 +28,9 @@ class AccelerationOptions:
     AdaCache; ``rehash``: Step Rehash's full-step budget;
     ``rehash_schedule``: its key-step schedule file; ``slicing``: Feature Slicing (``"auto"``, a chunk count or a
     memory budget such as ``"2GiB"``); ``guidance_interval``: the lowest noise level that still runs
-    classifier-free guidance (below it, one transformer call a step instead of two)."""
+    classifier-free guidance (below it, one transformer call a step instead of two); ``guidance_reuse``: the noise
+    level below which every other guided step reuses the last guidance difference instead of running the
+    unconditional branch (so do Step Rehash's rehash steps, when it is on)."""
 
     cache: str | None = None
     codebook: str | Path | object | None = None
@@ -37,6 +39,7 @@ class AccelerationOptions:
     rehash_schedule: str | Path | None = None
     slicing: str | None = None
     guidance_interval: float | None = None
+    guidance_reuse: float | None = None
 
 
 @dataclass
@@ -46,6 +49,7 @@ class AppliedAcceleration:
     slicing: object | None = None  # the SlicingConfig applied
     preset: str | None = None
     guidance_interval: float | None = None
+    guidance_reuse: float | None = None
 
     def describe(self) -> str:
         parts = []
@@ -57,6 +61,8 @@ class AppliedAcceleration:
             parts.append("Feature Slicing")
         if self.guidance_interval is not None:
             parts.append(f"guidance above sigma {self.guidance_interval:g}")
+        if self.guidance_reuse is not None:
+            parts.append(f"guidance reused below sigma {self.guidance_reuse:g}")
         return ", ".join(parts) or "none"
 
 
@@ -99,6 +105,11 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
         check_guidance_interval(low)
         if not hasattr(pipe, "enable_guidance_interval"):
             raise ReelkitError(f"{type(pipe).__name__} has no classifier-free guidance to limit")
+    reuse = options.guidance_reuse
+    if reuse is not None:
+        check_guidance_reuse(reuse)
+        if not hasattr(pipe, "enable_guidance_reuse"):
+            raise ReelkitError(f"{type(pipe).__name__} has no classifier-free guidance to reuse")
     if slicing is not None:
         apply_feature_slicing(pipe.transformer, slicing)
         apply_feature_slicing(pipe.vae, slicing)
@@ -110,14 +121,24 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
         apply_ada_cache(pipe.transformer, cache)
     if low is not None:
         pipe.enable_guidance_interval(low)
+    if reuse is not None:  # a rehash step reuses the deep features; it reuses the guidance difference too
+        keys = set(rehash.key_steps_for(steps)) if rehash is not None else set(range(steps))
+        pipe.enable_guidance_reuse(reuse, steps=set(range(steps)) - keys)
     preset = CACHE_PRESETS.get(options.cache) if options.codebook is None else None
-    return AppliedAcceleration(cache, rehash, slicing, preset, low)
+    return AppliedAcceleration(cache, rehash, slicing, preset, low, reuse)
 
 
 def check_guidance_interval(low: float) -> None:
     """A one-line error unless ``low`` is a noise level strictly between 0 (clean) and 1 (pure noise)."""
     if not 0 < low < 1:
         raise ReelkitError(f"--guidance-interval is the lowest noise level that keeps guidance, in (0, 1); got {low:g}")
+
+
+def check_guidance_reuse(below: float) -> None:
+    """A one-line error unless ``below`` is a noise level in (0, 1]."""
+    if not 0 < below <= 1:
+        raise ReelkitError(f"--guidance-reuse is the noise level below which guidance is reused, in (0, 1]; "
+                           f"got {below:g}")
 
 
 def remove_acceleration(pipe) -> None:
@@ -132,6 +153,8 @@ def remove_acceleration(pipe) -> None:
     remove_feature_slicing(pipe.vae)
     if hasattr(pipe, "disable_guidance_interval"):
         pipe.disable_guidance_interval()
+    if hasattr(pipe, "disable_guidance_reuse"):
+        pipe.disable_guidance_reuse()
 
 
 def computed_and_reused(pipe) -> tuple[int, int] | None:
@@ -154,4 +177,4 @@ def computed_and_reused(pipe) -> tuple[int, int] | None:
 
 
 __all__ = ["CACHE_PRESETS", "AccelerationOptions", "AppliedAcceleration", "ada_cache_config", "apply_acceleration",
-           "check_guidance_interval", "computed_and_reused", "remove_acceleration"]
+           "check_guidance_interval", "check_guidance_reuse", "computed_and_reused", "remove_acceleration"]

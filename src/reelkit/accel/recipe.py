@@ -26,7 +26,12 @@ from pathlib import Path
 
 import torch
 
-from reelkit.accel.options import AccelerationOptions, apply_acceleration, check_guidance_interval
+from reelkit.accel.options import (
+    AccelerationOptions,
+    apply_acceleration,
+    check_guidance_interval,
+    check_guidance_reuse,
+)
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
 
@@ -54,6 +59,7 @@ class Recipe:
     rehash: int | None = None
     slicing: str | None = None
     guidance_interval: float | None = None
+    guidance_reuse: float | None = None
     codebook: dict | None = None
     measured: dict = field(default_factory=dict)
     targets: dict = field(default_factory=dict)
@@ -64,7 +70,7 @@ class Recipe:
         return AccelerationOptions(cache=None if calibrated else self.cache,
                                    codebook=codebook_from_dict(self.codebook) if calibrated else None,
                                    moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
-                                   guidance_interval=self.guidance_interval)
+                                   guidance_interval=self.guidance_interval, guidance_reuse=self.guidance_reuse)
 
     def describe(self) -> str:
         parts = [f"{self.model}, {self.steps} steps, guidance {self.guidance:g}"]
@@ -76,6 +82,8 @@ class Recipe:
             parts.append(f"Feature Slicing {self.slicing}")
         if self.guidance_interval:
             parts.append(f"guidance above sigma {self.guidance_interval:g}")
+        if self.guidance_reuse:
+            parts.append(f"guidance reused below sigma {self.guidance_reuse:g}")
         return ", ".join(parts)
 
     def save(self, path: str | Path) -> Path:
@@ -104,6 +112,8 @@ def load_recipe(path: str | Path) -> Recipe:
             raise ValueError
         if recipe.guidance_interval is not None:
             check_guidance_interval(float(recipe.guidance_interval))
+        if recipe.guidance_reuse is not None:
+            check_guidance_reuse(float(recipe.guidance_reuse))
         if recipe.codebook is not None:
             codebook_from_dict(recipe.codebook)
     except (TypeError, ValueError, KeyError, ReelkitError):

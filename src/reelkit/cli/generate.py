@@ -51,6 +51,9 @@ def generate(
     guidance_interval: Annotated[float | None, typer.Option(help="Classifier-free guidance only at noise levels "
                                                             "above this one (0..1); the later steps make one "
                                                             "call instead of two.")] = None,
+    guidance_reuse: Annotated[float | None, typer.Option(help="Below this noise level (0..1) every other step, "
+                                                         "and every Step Rehash rehash step, reuses the last "
+                                                         "guidance difference: one call instead of two.")] = None,
     recipe: Annotated[Path | None, typer.Option(help="A recipe from 'reelkit tune': its model, steps, guidance "
                                                 "and accelerators.")] = None,
     parallel: Annotated[str | None, typer.Option(help="Context parallelism: ulysses=N or ring=N splits each "
@@ -73,17 +76,19 @@ def generate(
         raise ReelkitError(f"--frames {frames} is not 1+4k (1, 5, 9, 13, 17, ...)")
     if steps is not None and steps < 1:
         raise ReelkitError(f"--steps must be at least 1, got {steps}")
+    from reelkit.accel.options import AccelerationOptions
+
     loaded_recipe = None
+    options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_, guidance_interval,
+                                  guidance_reuse)
     if recipe is not None:
         from reelkit.accel.recipe import load_recipe
 
-        if cache or codebook or moreg or rehash or rehash_schedule or slice_ or steps or guidance or guidance_interval:
+        if options != AccelerationOptions() or steps or guidance:
             raise ReelkitError("--recipe sets the steps, guidance and accelerators; give it alone (or drop it)")
         loaded_recipe = load_recipe(recipe)
         steps, guidance, model = loaded_recipe.steps, loaded_recipe.guidance, model or loaded_recipe.model
-        cache, moreg, rehash, slice_ = loaded_recipe.cache, loaded_recipe.moreg, loaded_recipe.rehash, \
-            loaded_recipe.slicing
-        guidance_interval = loaded_recipe.guidance_interval
+        options = loaded_recipe.options()
     guidance = 5.0 if guidance is None else guidance
     check_number("--guidance", guidance, 1.0, 100.0, "1 turns guidance off")
     check_number("--fps", fps, 0.1, 1000.0)
@@ -98,9 +103,9 @@ def generate(
         if launched_processes() <= 1:
             raise ParallelError(f"--parallel {parallel} needs several processes: launch with torchrun "
                                 f"--nproc_per_node {parallel_setting[1]} -m reelkit generate ...")
-        if slice_ is not None and not slice_.strip().isdigit():
-            raise ParallelError(f"--slice {slice_} plans chunks from each process's own memory; under --parallel "
-                                "give a chunk count (--slice 8), so every rank slices alike")
+        if options.slicing is not None and not options.slicing.strip().isdigit():
+            raise ParallelError(f"--slice {options.slicing} plans chunks from each process's own memory; under "
+                                "--parallel give a chunk count (--slice 8), so every rank slices alike")
         if not batch and launched_processes() != parallel_setting[1]:
             raise ParallelError(f"one prompt runs on one group of {parallel_setting[1]} processes, not "
                                 f"{launched_processes()}: launch --nproc_per_node {parallel_setting[1]}, or "
@@ -119,19 +124,21 @@ def generate(
         if sheet is not None:
             check_output(sheet, (".png",), output, *inputs)
     from reelkit.accel.options import (
-        AccelerationOptions,
         ada_cache_config,
         apply_acceleration,
         check_guidance_interval,
+        check_guidance_reuse,
         computed_and_reused,
     )
     from reelkit.accel.slicing import slicing_config_from_option
 
-    ada_cache_config(cache, moreg, codebook)  # option mistakes fail before the model loads
-    if guidance_interval is not None:
-        check_guidance_interval(guidance_interval)
-    slicing_config_from_option(slice_)
-    caching = bool(cache or codebook or rehash or rehash_schedule)
+    ada_cache_config(options.cache, options.moreg, options.codebook)  # option mistakes fail before the model loads
+    if options.guidance_interval is not None:
+        check_guidance_interval(options.guidance_interval)
+    if options.guidance_reuse is not None:
+        check_guidance_reuse(options.guidance_reuse)
+    slicing_config_from_option(options.slicing)
+    caching = bool(options.cache or options.codebook or options.rehash or options.rehash_schedule)
     # the caches pay off over many steps: without --model they run on the teacher
     pipe = load_generator(model, default="teacher" if caching else "student")
     group_rank = group_size = None
@@ -150,7 +157,6 @@ def generate(
 
         check_recipe_model(pipe, loaded_recipe)
         console.print(f"recipe {recipe}: {loaded_recipe.describe()}", highlight=False)
-    options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_, guidance_interval)
     applied = apply_acceleration(pipe, options, steps, bundled_teacher=model in (None, "teacher"))
     cache_config, rehash_config, slicing_config = applied.cache, applied.rehash, applied.slicing
     if batch:
@@ -206,3 +212,7 @@ def generate(
 
         chunks = feature_slicing_chunks(pipe.transformer)
         console.print(f"feature slicing: {chunks[0]} frame chunks, {chunks[1]} spatial chunks", highlight=False)
+    if applied.guidance_reuse is not None:
+        reused = pipe.guidance_reused_steps
+        console.print(f"guidance reuse: {len(reused)} of {steps} steps reused the guidance difference "
+                      f"(one transformer call instead of two)", highlight=False)

@@ -33,6 +33,7 @@ STUDENT_STEPS = (2, 4, 8)
 REHASH_FRACTIONS = (0.2, 0.3, 0.4, 0.5)  # Step Rehash budgets: these shares of the steps run the full model
 SLICE_CHUNKS = ("2", "4", "8")
 GUIDANCE_INTERVALS = (0.2, 0.4)  # classifier-free guidance only above these noise levels (one call a step below)
+GUIDANCE_REUSE = (0.5, 0.7)  # below these noise levels every other step (and every rehash step) reuses guidance
 CALIBRATED = "adacache-calibrated"  # AdaCache with a codebook fitted on the search prompts against the reference
 CALIBRATION_MIN_STEPS = 5  # AdaCache computes its first and last 2 steps: calibration needs steps in between
 MAX_PSNR = 100.0
@@ -54,13 +55,15 @@ class Candidate:
     rehash: int | None = None
     slicing: str | None = None
     guidance_interval: float | None = None
+    guidance_reuse: float | None = None
 
     def key(self) -> str:
         parts = [self.model, str(self.steps), f"g{self.guidance:g}"]
         parts += [p for p in (self.cache, "moreg" if self.moreg else None,
                               f"rehash{self.rehash}" if self.rehash else None,
                               f"slice{self.slicing}" if self.slicing else None,
-                              f"gi{self.guidance_interval:g}" if self.guidance_interval else None) if p]
+                              f"gi{self.guidance_interval:g}" if self.guidance_interval else None,
+                              f"gr{self.guidance_reuse:g}" if self.guidance_reuse else None) if p]
         return "/".join(parts)
 
     def options(self, codebook=None) -> AccelerationOptions:
@@ -70,7 +73,7 @@ class Candidate:
             raise ReelkitError(f"{self.key()}: calibrate its codebook first (Tuner.codebook)")
         return AccelerationOptions(cache=None if calibrated else self.cache, codebook=codebook if calibrated else None,
                                    moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
-                                   guidance_interval=self.guidance_interval)
+                                   guidance_interval=self.guidance_interval, guidance_reuse=self.guidance_reuse)
 
 
 def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequence[int] = TEACHER_STEPS
@@ -78,7 +81,9 @@ def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequ
     """The search space: a many-step model (the teacher, or a folder) at each of ``steps_choices``, alone, with
     AdaCache (fast, slow, with MoReg, or a codebook calibrated at that step count to the target against the
     reference, ``CALIBRATED``) or with Step Rehash budgets, and each of the plain, AdaCache (fast) and
-    largest-budget Step Rehash runs with guidance limited to the noise levels above each of ``GUIDANCE_INTERVALS``;
+    largest-budget Step Rehash runs with guidance limited to the noise levels above each of ``GUIDANCE_INTERVALS``,
+    and the plain run with the guidance difference reused below each of ``GUIDANCE_REUSE`` (every Step Rehash budget
+    with it reused below the last);
     the few-step student at 2, 4 and 8 steps (caches give nothing at a few steps; it runs no unconditional branch
     to skip)."""
     found = []
@@ -94,6 +99,8 @@ def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequ
             found.append(Candidate(model, steps, guidance, cache="adacache-fast", moreg=True))
             budgets = [k for k in sorted({max(2, round(steps * share)) for share in REHASH_FRACTIONS}) if k < steps]
             found += [Candidate(model, steps, guidance, rehash=k) for k in budgets]
+            found += [Candidate(model, steps, guidance, guidance_reuse=below) for below in GUIDANCE_REUSE]
+            found += [Candidate(model, steps, guidance, rehash=k, guidance_reuse=GUIDANCE_REUSE[-1]) for k in budgets]
             for low in GUIDANCE_INTERVALS:
                 found.append(Candidate(model, steps, guidance, guidance_interval=low))
                 found.append(Candidate(model, steps, guidance, cache="adacache-fast", guidance_interval=low))
@@ -104,9 +111,10 @@ def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequ
 
 def techniques(candidate: Candidate, reference_steps: int) -> int:
     """How many techniques a candidate mixes: fewer steps, the student, AdaCache (MoReg included), Step Rehash,
-    limited guidance."""
+    limited guidance, guidance reuse."""
     return sum((candidate.model == "student", candidate.model != "student" and candidate.steps < reference_steps,
-                candidate.cache is not None, candidate.rehash is not None, candidate.guidance_interval is not None))
+                candidate.cache is not None, candidate.rehash is not None, candidate.guidance_interval is not None,
+                candidate.guidance_reuse is not None))
 
 
 @dataclass
@@ -311,6 +319,7 @@ class Tuner:
             model=chosen.model, fingerprint=model_fingerprint(self.pipe(chosen.model).transformer),
             steps=chosen.steps, guidance=chosen.guidance, cache=chosen.cache, moreg=chosen.moreg,
             rehash=chosen.rehash, slicing=chosen.slicing, guidance_interval=chosen.guidance_interval,
+            guidance_reuse=chosen.guidance_reuse,
             codebook=None if book is None else {"thresholds": list(book.thresholds), "rates": list(book.rates)},
             measured={"search": {**figures, "speedup": baseline["latency_s"] / figures["latency_s"],
                                  "prompts": len(prompts)},

@@ -22,7 +22,7 @@ torch.Size([1, 3, 5, 32, 32])
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +104,46 @@ class TextToVideoPipeline(DiffusionPipeline):
         """The noise levels ``(low, high)`` where classifier-free guidance runs, or None for every step."""
         return getattr(self, "_guidance_interval", None)
 
+    def enable_guidance_reuse(self, below: float = 0.5, every: int = 2, steps: Iterable[int] = ()) -> None:
+        """Skip the unconditional branch at some guided steps and reuse the guidance difference ``cond - uncond``
+        of the last step that computed it: at noise levels below ``below`` the branch runs at most once every
+        ``every`` steps, and never at ``steps`` (Step Rehash's rehash steps, whose outputs are reused anyway).
+        FasterCache's CFG-Cache (Lv et al. 2024) without its frequency split: late steps change the difference
+        little, so a reused step costs one transformer call instead of two at almost no cost in quality.
+
+        >>> pipe = tiny_pipeline()
+        >>> pipe.enable_guidance_reuse(0.5)
+        >>> _ = pipe("a red circle", num_frames=5, height=32, width=32, num_inference_steps=6)
+        >>> pipe.guidance_reused_steps          # sigma < 0.5 from step 3: every other step from there reuses
+        (3, 5)
+        >>> pipe.disable_guidance_reuse()
+        """
+        if not 0 < below <= 1:
+            raise ReelkitError(f"guidance reuse needs a noise level in (0, 1], got {below:g}")
+        if not isinstance(every, int) or every < 2:
+            raise ReelkitError(f"guidance reuse computes the unconditional branch once every >= 2 steps, got {every}")
+        self._guidance_reuse = (float(below), every, frozenset(int(s) for s in steps if int(s) > 0))
+
+    def disable_guidance_reuse(self) -> None:
+        """Compute the unconditional branch at every guided step again (the default)."""
+        self._guidance_reuse = None
+
+    @property
+    def guidance_reuse(self) -> tuple[float, int, frozenset[int]] | None:
+        """``(below, every, steps)`` of :meth:`enable_guidance_reuse`, or None."""
+        return getattr(self, "_guidance_reuse", None)
+
+    @property
+    def guidance_reused_steps(self) -> tuple[int, ...]:
+        """The steps of the last generation that reused the guidance difference."""
+        return tuple(getattr(self, "_reused_steps", ()))
+
+    def _reuses_guidance(self, step_index: int, sigma: float, last_computed: int | None) -> bool:
+        if self.guidance_reuse is None or last_computed is None:
+            return False
+        below, every, steps = self.guidance_reuse
+        return step_index in steps or (sigma < below and step_index - last_computed < every)
+
     def noise_level(self, step_index: int, t: torch.Tensor) -> float:
         """The noise level sigma in [0, 1] of a denoising step: the scheduler's sigma, or ``t`` over its range."""
         sigmas = getattr(self.scheduler, "sigmas", None)
@@ -171,20 +211,25 @@ class TextToVideoPipeline(DiffusionPipeline):
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
                 negative_prompt_embeds: torch.Tensor | None, guidance_scale: float, step_index: int,
-                num_inference_steps: int) -> torch.Tensor:
-        """The guided model output at one step; each branch runs in its own cache context (a
-        guidance-distilled student runs only the conditional one, with the scale as an input)."""
+                num_inference_steps: int, guidance_delta: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The guided model output at one step and its guidance difference ``cond - uncond``; each branch runs
+        in its own cache context (a guidance-distilled student runs only the conditional one, with the scale as
+        an input). A given ``guidance_delta`` stands in for the unconditional branch (guidance reuse)."""
         timestep = t.expand(latents.shape[0]).to(latents.dtype)
         extra = {"guidance": latents.new_full((latents.shape[0],), guidance_scale)} if self.guidance_distilled else {}
         with self.transformer.cache_context("cond", step_index=step_index, num_inference_steps=num_inference_steps,
                                             timestep=t):
             cond = self.transformer(latents, timestep, prompt_embeds, **extra).sample
         if negative_prompt_embeds is None:
-            return cond
+            return cond, None
+        if guidance_delta is not None:  # uncond + s (cond - uncond) with uncond = cond - delta
+            return cond + (guidance_scale - 1) * guidance_delta, guidance_delta
         with self.transformer.cache_context("uncond", step_index=step_index,
                                             num_inference_steps=num_inference_steps, timestep=t):
             uncond = self.transformer(latents, timestep, negative_prompt_embeds).sample
-        return uncond + guidance_scale * (cond - uncond)
+        delta = cond - uncond
+        return uncond + guidance_scale * delta, delta
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
@@ -229,15 +274,23 @@ class TextToVideoPipeline(DiffusionPipeline):
         latents = self.prepare_latents(len(prompts) * num_videos_per_prompt, num_frames, height, width, dtype,
                                        device, generator, latents)
 
+        delta, last_guided, self._reused_steps = None, None, []
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 self._current_timestep = t  # diffusers' timestep-driven caches (PAB, FasterCache) read it
                 model_input = (self.scheduler.scale_model_input(latents, t)
                                if hasattr(self.scheduler, "scale_model_input") else latents)
-                interval = self.guidance_interval
-                guided = interval is None or interval[0] <= self.noise_level(i, t) <= interval[1]
-                noise_pred = self.predict(model_input, t, prompt_embeds, negative_prompt_embeds if guided else None,
-                                          guidance_scale, i, len(timesteps))
+                interval, sigma = self.guidance_interval, self.noise_level(i, t)
+                guided = negative_prompt_embeds is not None and (interval is None or
+                                                                 interval[0] <= sigma <= interval[1])
+                reuse = guided and self._reuses_guidance(i, sigma, last_guided)
+                if reuse:
+                    self._reused_steps.append(i)
+                elif guided:
+                    last_guided = i
+                noise_pred, delta = self.predict(model_input, t, prompt_embeds,
+                                                 negative_prompt_embeds if guided else None, guidance_scale, i,
+                                                 len(timesteps), delta if reuse else None)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **step_options)[0]
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "prompt_embeds": prompt_embeds,
