@@ -4,8 +4,9 @@ technique at the same quality.
 
 Rows: one per candidate and size (``method`` is the candidate's key, e.g. ``teacher/30/g5/adacache-fast``), with
 ``latency_s`` (median seconds a clip), ``speedup`` (the reference's latency over this one), ``psnr_db`` (mean against
-the reference clips), ``techniques`` (how many of: fewer steps, AdaCache, Step Rehash, the student, mixed),
-``pareto`` (no other row is both faster and closer) and ``tuned`` (the fastest meeting ``TARGET_PSNR``).
+the reference clips), ``techniques`` (how many of: fewer steps, AdaCache, Step Rehash, limited guidance, guidance
+reuse, the student), ``pareto`` (no other row is both faster and closer) and ``tuned`` (the fastest meeting
+``TARGET_PSNR``).
 Calibrated AdaCache rows fit their codebooks on as many other held-out prompts. ``settings["targets"]``
 compares the tuned row with the fastest single-technique row that meets the target (``TARGET_SPEEDUP_VS_SINGLE``).
 The plot ``<report>_pareto.png`` shows every row and the front.
@@ -19,9 +20,10 @@ from reelkit.eval.tune import CALIBRATED, Candidate, Tuner, TuneSettings, candid
 
 NUM_PROMPTS = {False: 4, True: 2}
 SIZES = {False: (64, 128), True: (64,)}
-STEPS = {False: (50, 40, 30, 25, 20, 15), True: (20, 10)}
-# Sizes after the first are 4x the tokens or more: a sparser sweep on fewer prompts keeps the suite near an hour
-LARGER_STEPS, LARGER_PROMPTS = (50, 25, 20), 2
+STEPS = {False: (50, 30, 25, 20, 15), True: (20, 10)}  # 40 steps never led at 64 px (docs/bench/tune.json, 12-02)
+# Sizes after the first are 4x the tokens or more: a sparser sweep on fewer prompts keeps the suite near 80 minutes
+# (at 128 px nothing at 20 steps reached 30 dB in the first measurement)
+LARGER_STEPS, LARGER_PROMPTS = (50, 25), 2
 REFERENCE_STEPS = {False: 50, True: 20}
 MODELS = ("teacher", "student")
 FRAMES, GUIDANCE = 17, 5.0
