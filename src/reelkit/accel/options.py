@@ -122,8 +122,8 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
     if low is not None:
         pipe.enable_guidance_interval(low)
     if reuse is not None:  # a rehash step reuses the deep features; it reuses the guidance difference too
-        keys = set(rehash.key_steps_for(steps)) if rehash is not None else set(range(steps))
-        pipe.enable_guidance_reuse(reuse, steps=set(range(steps)) - keys)
+        rehashed = set(range(steps)) - set(rehash.key_steps_for(steps)) if rehash is not None else ()
+        pipe.enable_guidance_reuse(reuse, steps=rehashed)
     preset = CACHE_PRESETS.get(options.cache) if options.codebook is None else None
     return AppliedAcceleration(cache, rehash, slicing, preset, low, reuse)
 
