@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/reelkit bench rehash --json docs/bench/rehash.json
 	$(BIN)/reelkit bench distill --json docs/bench/distill.json --repeats 3
 	$(BIN)/reelkit bench mardini --json docs/bench/mardini.json --repeats 3
+	$(BIN)/reelkit bench budget --json docs/bench/budget.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -67,6 +67,15 @@ def test_an_interrupted_search_resumes_from_its_state(model_dir, prompts, tmp_pa
     assert again.measure(candidate, ["a red circle"]) == figures
 
 
+def test_a_search_advances_its_progress_bar_once_a_candidate(one_thread):
+    pipe = tiny_pipeline()
+    ticks = []
+    tuner = Tuner(lambda name: pipe, TuneSettings(frames=5, size=32, target_psnr=10), ("tiny", 4))
+    recipe = tuner.search([Candidate("tiny", 4), Candidate("tiny", 2)], ["a red circle"], ["a blue star"],
+                          advance=lambda: ticks.append(1))
+    assert len(ticks) == 2 and len(recipe.measured["candidates"]) == 2
+
+
 def test_a_calibrated_candidate_fits_its_codebook_once_and_its_recipe_carries_it(model_dir, prompts, tmp_path,
                                                                                   one_thread):
     from reelkit.accel.adacache import Codebook

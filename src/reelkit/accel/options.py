@@ -30,7 +30,9 @@ class AccelerationOptions:
     memory budget such as ``"2GiB"``); ``guidance_interval``: the lowest noise level that still runs
     classifier-free guidance (below it, one transformer call a step instead of two); ``guidance_reuse``: the noise
     level below which every other guided step reuses the last guidance difference instead of running the
-    unconditional branch (so do Step Rehash's rehash steps, when it is on)."""
+    unconditional branch (so do Step Rehash's rehash steps, when it is on); ``vae_chunk_frames`` and ``vae_tile``:
+    the CV-VAE decodes in temporal chunks of that many new frames (a multiple of 4) and spatial tiles of that many
+    pixels (:mod:`reelkit.vae.chunking`: a lower decode peak, approximate across chunk borders)."""
 
     cache: str | None = None
     codebook: str | Path | object | None = None
@@ -40,6 +42,8 @@ class AccelerationOptions:
     slicing: str | None = None
     guidance_interval: float | None = None
     guidance_reuse: float | None = None
+    vae_chunk_frames: int | None = None
+    vae_tile: int | None = None
 
 
 @dataclass
@@ -50,6 +54,7 @@ class AppliedAcceleration:
     preset: str | None = None
     guidance_interval: float | None = None
     guidance_reuse: float | None = None
+    chunking: object | None = None  # the ChunkingConfig applied to the VAE
 
     def describe(self) -> str:
         parts = []
@@ -63,7 +68,27 @@ class AppliedAcceleration:
             parts.append(f"guidance above sigma {self.guidance_interval:g}")
         if self.guidance_reuse is not None:
             parts.append(f"guidance reused below sigma {self.guidance_reuse:g}")
+        if self.chunking is not None:
+            parts.append(describe_chunking(self.chunking.frames_per_chunk, self.chunking.tile_size))
         return ", ".join(parts) or "none"
+
+
+def describe_chunking(frames: int | None, tile: int | None) -> str:
+    return f"VAE chunks of {frames or 16} frames" + (f" in {tile} px tiles" if tile else "")
+
+
+def vae_chunking_config(frames: int | None, tile: int | None):
+    """The :class:`~reelkit.vae.chunking.ChunkingConfig` those options ask for (16-frame chunks when only a tile is
+    given), or None for a whole-clip decode; one-line errors otherwise."""
+    from reelkit.vae.chunking import ChunkingConfig
+
+    if frames is None and tile is None:
+        return None
+    if frames is not None and (frames < 4 or frames % 4):
+        raise ReelkitError(f"--vae-chunk-frames must be a positive multiple of 4, got {frames}")
+    if tile is not None and (tile < 16 or tile % 8):
+        raise ReelkitError(f"--vae-tile must be a multiple of 8 and at least 16 (pixels), got {tile}")
+    return ChunkingConfig(frames or 16, tile)
 
 
 def ada_cache_config(cache: str | None, moreg: bool, codebook: str | Path | None):
@@ -90,7 +115,7 @@ def ada_cache_config(cache: str | None, moreg: bool, codebook: str | Path | None
 
 def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_teacher: bool = True
                        ) -> AppliedAcceleration:
-    """Apply the chosen accelerators to ``pipe`` (its transformer, and its VAE for Feature Slicing) for
+    """Apply the chosen accelerators to ``pipe`` (its transformer, and its VAE for Feature Slicing and chunking) for
     ``steps`` denoising steps; AdaCache and Step Rehash are two caches, so asking for both is an error."""
     from reelkit.accel.slicing import apply_feature_slicing, slicing_config_from_option
     from reelkit.accel.step_rehash import apply_step_rehash, config_from_options
@@ -100,6 +125,9 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
     if rehash is not None and cache is not None:
         raise ReelkitError("--rehash and --cache are two caches; choose one")
     slicing = slicing_config_from_option(options.slicing)
+    chunking = vae_chunking_config(options.vae_chunk_frames, options.vae_tile)
+    if chunking is not None and not hasattr(pipe.vae, "enable_chunking"):
+        raise ReelkitError(f"{type(pipe.vae).__name__} cannot decode in chunks; VAE chunking needs a CV-VAE")
     low = options.guidance_interval
     if low is not None:
         check_guidance_interval(low)
@@ -113,6 +141,8 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
     if slicing is not None:
         apply_feature_slicing(pipe.transformer, slicing)
         apply_feature_slicing(pipe.vae, slicing)
+    if chunking is not None:
+        pipe.vae.enable_chunking(chunking.frames_per_chunk, chunking.tile_size, chunking.tile_overlap)
     if rehash is not None:
         apply_step_rehash(pipe.transformer, rehash)
     if cache is not None:
@@ -125,7 +155,7 @@ def apply_acceleration(pipe, options: AccelerationOptions, steps: int, bundled_t
         rehashed = set(range(steps)) - set(rehash.key_steps_for(steps)) if rehash is not None else ()
         pipe.enable_guidance_reuse(reuse, steps=rehashed)
     preset = CACHE_PRESETS.get(options.cache) if options.codebook is None else None
-    return AppliedAcceleration(cache, rehash, slicing, preset, low, reuse)
+    return AppliedAcceleration(cache, rehash, slicing, preset, low, reuse, chunking)
 
 
 def check_guidance_interval(low: float) -> None:
@@ -151,6 +181,8 @@ def remove_acceleration(pipe) -> None:
     remove_step_rehash(pipe.transformer)
     remove_feature_slicing(pipe.transformer)
     remove_feature_slicing(pipe.vae)
+    if hasattr(pipe.vae, "disable_chunking"):
+        pipe.vae.disable_chunking()
     if hasattr(pipe, "disable_guidance_interval"):
         pipe.disable_guidance_interval()
     if hasattr(pipe, "disable_guidance_reuse"):
@@ -177,4 +209,5 @@ def computed_and_reused(pipe) -> tuple[int, int] | None:
 
 
 __all__ = ["CACHE_PRESETS", "AccelerationOptions", "AppliedAcceleration", "ada_cache_config", "apply_acceleration",
-           "check_guidance_interval", "check_guidance_reuse", "computed_and_reused", "remove_acceleration"]
+           "check_guidance_interval", "check_guidance_reuse", "computed_and_reused", "describe_chunking",
+           "remove_acceleration", "vae_chunking_config"]

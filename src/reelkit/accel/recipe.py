@@ -31,6 +31,8 @@ from reelkit.accel.options import (
     apply_acceleration,
     check_guidance_interval,
     check_guidance_reuse,
+    describe_chunking,
+    vae_chunking_config,
 )
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
@@ -60,6 +62,8 @@ class Recipe:
     slicing: str | None = None
     guidance_interval: float | None = None
     guidance_reuse: float | None = None
+    vae_chunk_frames: int | None = None
+    vae_tile: int | None = None
     codebook: dict | None = None
     measured: dict = field(default_factory=dict)
     targets: dict = field(default_factory=dict)
@@ -70,7 +74,8 @@ class Recipe:
         return AccelerationOptions(cache=None if calibrated else self.cache,
                                    codebook=codebook_from_dict(self.codebook) if calibrated else None,
                                    moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
-                                   guidance_interval=self.guidance_interval, guidance_reuse=self.guidance_reuse)
+                                   guidance_interval=self.guidance_interval, guidance_reuse=self.guidance_reuse,
+                                   vae_chunk_frames=self.vae_chunk_frames, vae_tile=self.vae_tile)
 
     def describe(self) -> str:
         parts = [f"{self.model}, {self.steps} steps, guidance {self.guidance:g}"]
@@ -84,6 +89,8 @@ class Recipe:
             parts.append(f"guidance above sigma {self.guidance_interval:g}")
         if self.guidance_reuse:
             parts.append(f"guidance reused below sigma {self.guidance_reuse:g}")
+        if self.vae_chunk_frames or self.vae_tile:
+            parts.append(describe_chunking(self.vae_chunk_frames, self.vae_tile))
         return ", ".join(parts)
 
     def save(self, path: str | Path) -> Path:
@@ -114,6 +121,9 @@ def load_recipe(path: str | Path) -> Recipe:
             check_guidance_interval(float(recipe.guidance_interval))
         if recipe.guidance_reuse is not None:
             check_guidance_reuse(float(recipe.guidance_reuse))
+        if not all(v is None or isinstance(v, int) for v in (recipe.vae_chunk_frames, recipe.vae_tile)):
+            raise ValueError
+        vae_chunking_config(recipe.vae_chunk_frames, recipe.vae_tile)
         if recipe.codebook is not None:
             codebook_from_dict(recipe.codebook)
     except (TypeError, ValueError, KeyError, ReelkitError):

@@ -54,6 +54,11 @@ def generate(
     guidance_reuse: Annotated[float | None, typer.Option(help="Below this noise level (0..1) every other step, "
                                                          "and every Step Rehash rehash step, reuses the last "
                                                          "guidance difference: one call instead of two.")] = None,
+    vae_chunk_frames: Annotated[int | None, typer.Option(help="Decode in temporal chunks of this many new frames "
+                                                         "(a multiple of 4): a lower decode peak, approximate "
+                                                         "at chunk borders.")] = None,
+    vae_tile: Annotated[int | None, typer.Option(help="Decode in blended spatial tiles of this many pixels (with "
+                                                 "--vae-chunk-frames, or 16-frame chunks).")] = None,
     recipe: Annotated[Path | None, typer.Option(help="A recipe from 'reelkit tune': its model, steps, guidance "
                                                 "and accelerators.")] = None,
     parallel: Annotated[str | None, typer.Option(help="Context parallelism: ulysses=N or ring=N splits each "
@@ -80,7 +85,7 @@ def generate(
 
     loaded_recipe = None
     options = AccelerationOptions(cache, codebook, moreg, rehash, rehash_schedule, slice_, guidance_interval,
-                                  guidance_reuse)
+                                  guidance_reuse, vae_chunk_frames, vae_tile)
     if recipe is not None:
         from reelkit.accel.recipe import load_recipe
 
@@ -129,6 +134,8 @@ def generate(
         check_guidance_interval,
         check_guidance_reuse,
         computed_and_reused,
+        describe_chunking,
+        vae_chunking_config,
     )
     from reelkit.accel.slicing import slicing_config_from_option
 
@@ -138,6 +145,7 @@ def generate(
     if options.guidance_reuse is not None:
         check_guidance_reuse(options.guidance_reuse)
     slicing_config_from_option(options.slicing)
+    vae_chunking_config(options.vae_chunk_frames, options.vae_tile)
     caching = bool(options.cache or options.codebook or options.rehash or options.rehash_schedule)
     # the caches pay off over many steps: without --model they run on the teacher
     pipe = load_generator(model, default="teacher" if caching else "student")
@@ -212,6 +220,8 @@ def generate(
 
         chunks = feature_slicing_chunks(pipe.transformer)
         console.print(f"feature slicing: {chunks[0]} frame chunks, {chunks[1]} spatial chunks", highlight=False)
+    if (chunking := applied.chunking) is not None:
+        console.print(f"vae: {describe_chunking(chunking.frames_per_chunk, chunking.tile_size)}", highlight=False)
     if applied.guidance_reuse is not None:
         reused = pipe.guidance_reused_steps
         console.print(f"guidance reuse: {len(reused)} of {steps} steps reused the guidance difference "

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from reelkit.cli.app import app
-from reelkit.cli.common import check_number, check_output, check_seed, console, load_generator
+from reelkit.cli.common import check_number, check_output, check_seed, console, load_generator, progress_bars
 from reelkit.errors import ReelkitError
 
 HELDOUT_PROMPTS = 8
@@ -24,8 +24,8 @@ def tune(
     reference: Annotated[str, typer.Option(help="The clips to match: MODEL@STEPS.")] = "teacher@50",
     target_adherence: Annotated[float | None, typer.Option(help="Also keep the judge's mean adherence (0..1).")
                                 ] = None,
-    max_memory: Annotated[str | None, typer.Option(help="Peak memory budget, e.g. 4GiB; Feature Slicing is "
-                                                   "added where a candidate needs it.")] = None,
+    max_memory: Annotated[str | None, typer.Option(help="Peak memory budget, e.g. 4GiB; Feature Slicing and VAE "
+                                                   "chunking are added where a candidate needs them.")] = None,
     heldout: Annotated[Path | None, typer.Option(help="Held-out prompts for the final check (default: the demo "
                                                  "world's held-out prompts).")] = None,
     steps: Annotated[str, typer.Option(help="Step counts to try on many-step models, comma-separated (the "
@@ -82,7 +82,8 @@ def tune(
                   progress=lambda message: console.print(message, highlight=False))
     for name in {*models, ref_model}:
         tuner.pipe(name)  # a bad model name fails before any measurement
-    recipe = tuner.search(space, prompt_list, heldout_list)
+    with progress_bars() as task:
+        recipe = tuner.search(space, prompt_list, heldout_list, advance=task("candidates", len(space)))
     from reelkit.eval.bench.harness import machine_info
 
     recipe.machine = machine_info("cpu")

@@ -56,6 +56,8 @@ class Candidate:
     slicing: str | None = None
     guidance_interval: float | None = None
     guidance_reuse: float | None = None
+    vae_chunk_frames: int | None = None
+    vae_tile: int | None = None
 
     def key(self) -> str:
         parts = [self.model, str(self.steps), f"g{self.guidance:g}"]
@@ -63,7 +65,9 @@ class Candidate:
                               f"rehash{self.rehash}" if self.rehash else None,
                               f"slice{self.slicing}" if self.slicing else None,
                               f"gi{self.guidance_interval:g}" if self.guidance_interval else None,
-                              f"gr{self.guidance_reuse:g}" if self.guidance_reuse else None) if p]
+                              f"gr{self.guidance_reuse:g}" if self.guidance_reuse else None,
+                              f"chunk{self.vae_chunk_frames}" if self.vae_chunk_frames else None,
+                              f"tile{self.vae_tile}" if self.vae_tile else None) if p]
         return "/".join(parts)
 
     def options(self, codebook=None) -> AccelerationOptions:
@@ -73,7 +77,8 @@ class Candidate:
             raise ReelkitError(f"{self.key()}: calibrate its codebook first (Tuner.codebook)")
         return AccelerationOptions(cache=None if calibrated else self.cache, codebook=codebook if calibrated else None,
                                    moreg=self.moreg, rehash=self.rehash, slicing=self.slicing,
-                                   guidance_interval=self.guidance_interval, guidance_reuse=self.guidance_reuse)
+                                   guidance_interval=self.guidance_interval, guidance_reuse=self.guidance_reuse,
+                                   vae_chunk_frames=self.vae_chunk_frames, vae_tile=self.vae_tile)
 
 
 def candidates(models: Sequence[str], guidance: float = 5.0, steps_choices: Sequence[int] = TEACHER_STEPS
@@ -160,8 +165,8 @@ class _State:
 
 
 def _codebook_key(candidate: Candidate) -> str:
-    """Where the state keeps a calibrated candidate's codebook (Feature Slicing is exact: one serves both)."""
-    return f"codebook:{replace(candidate, slicing=None).key()}"
+    """Where the state keeps a calibrated candidate's codebook (one serves every way of fitting its memory)."""
+    return f"codebook:{replace(candidate, slicing=None, vae_chunk_frames=None, vae_tile=None).key()}"
 
 
 class Tuner:
@@ -280,23 +285,103 @@ class Tuner:
                 and (s.max_memory is None or figures.get("peak_mem_bytes", 0) <= s.max_memory))
 
     def fit_memory(self, candidate: Candidate, prompts: Sequence[str]) -> tuple[Candidate, dict]:
-        """``candidate`` as measured, or with the fewest Feature Slicing chunks that bring it under the budget."""
+        """``candidate`` as measured or, over the memory budget, the first of :meth:`memory_fits` whose measured
+        figures meet every target (VAE chunking costs quality: a quicker fit may miss the PSNR target), else the
+        first whose peak fits, else the last tried (which misses)."""
         figures = self.measure(candidate, prompts)
-        if self.settings.max_memory is None or figures["peak_mem_bytes"] <= self.settings.max_memory:
+        budget = self.settings.max_memory
+        if budget is None or figures["peak_mem_bytes"] <= budget:
             return candidate, figures
-        for chunks in SLICE_CHUNKS:
-            sliced = replace(candidate, slicing=chunks)
-            sliced_figures = self.measure(sliced, prompts)
-            if sliced_figures["peak_mem_bytes"] <= self.settings.max_memory:
-                return sliced, sliced_figures
-        return sliced, sliced_figures
+        fitting = None
+        for fitted in self.memory_fits(candidate, prompts[0]):
+            fitted_figures = self.measure(fitted, prompts)
+            if self.meets(fitted_figures):
+                return fitted, fitted_figures
+            if fitting is None and fitted_figures["peak_mem_bytes"] <= budget:
+                fitting = fitted, fitted_figures
+        return fitting or (fitted, fitted_figures)
 
-    def search(self, space: Sequence[Candidate], prompts: Sequence[str], heldout: Sequence[str]) -> Recipe:
-        """Measure every candidate, keep the fastest that meets the targets, re-check it on ``heldout``."""
+    def memory_fits(self, candidate: Candidate, prompt: str) -> list[Candidate]:
+        """``candidate`` with Feature Slicing and VAE chunking that probes put under the memory budget, quickest
+        decode first (when none fits: the one with the smallest probed peak). The denoising loop is probed
+        at growing slicing chunk counts until it fits; the decode, which holds the peak of a video pipeline at
+        larger sizes, at each rung of :func:`~reelkit.vae.chunking.chunking_ladder` (whole clip first) with
+        growing slicing from there until one fits (tiles at the fewest); each probe is one run timed and one run
+        tracked, kept in the state."""
+        from reelkit.vae.chunking import chunking_ladder
+
+        budget, s = self.settings.max_memory, self.settings
+        slicings = [None, *SLICE_CHUNKS]
+        while True:  # the fewest slicing chunks whose denoising fits (or the most there are)
+            denoise = self._probe(replace(candidate, slicing=slicings[0]), prompt, decode=False)
+            if denoise["peak_mem_bytes"] <= budget or len(slicings) == 1:
+                break
+            slicings.pop(0)
+        chunkings = [None]
+        if hasattr(self.pipe(candidate.model).vae, "enable_chunking"):
+            chunkings += chunking_ladder(s.frames, s.size)
+        probed = []
+        for chunking in chunkings:
+            tiled = chunking is not None and chunking.tile_size is not None
+            for slicing in slicings[:1] if tiled else slicings:  # tiles bound the decode: more slicing only costs
+                fitted = replace(candidate, slicing=slicing,
+                                 vae_chunk_frames=chunking.frames_per_chunk if chunking else None,
+                                 vae_tile=chunking.tile_size if chunking else None)
+                decode = self._probe(fitted, prompt, decode=True)
+                probed.append((max(denoise["peak_mem_bytes"], decode["peak_mem_bytes"]), decode["seconds"], fitted))
+                if probed[-1][0] <= budget:
+                    break  # more slicing chunks on this chunking only cost time
+        fits = sorted((item for item in probed if item[0] <= budget), key=lambda item: item[1])
+        return [fitted for _, _, fitted in fits] or [min(probed, key=lambda item: item[0])[2]]
+
+    def _probe(self, candidate: Candidate, prompt: str, decode: bool) -> dict:
+        """Peak bytes (one tracked run) and seconds (one plain run) of ``candidate``'s denoising loop alone, or with
+        ``decode`` of its VAE decode alone (only its slicing and chunking matter: the key leaves the rest out)."""
+        from reelkit.memory import peak_memory_bytes
+
+        s = self.settings
+        key = (f"probe:decode:{candidate.model}:{candidate.slicing}:{candidate.vae_chunk_frames}:{candidate.vae_tile}"
+               if decode else f"probe:denoise:{candidate.key()}")
+        saved = self.state.get(key)
+        if saved is not None:
+            return saved
+        pipe = self.pipe(candidate.model)
+
+        def denoise(steps: int) -> torch.Tensor:
+            return pipe(prompt, num_frames=s.frames, height=s.size, width=s.size, num_inference_steps=steps,
+                        guidance_scale=candidate.guidance, generator=torch.Generator().manual_seed(s.seed),
+                        output_type="latent").frames
+
+        if decode:
+            latents = denoise(1)  # any latents of the clip's shape: a decode's cost does not depend on the values
+            run = torch.no_grad()(lambda: pipe.decode_latents(latents))
+            options = AccelerationOptions(slicing=candidate.slicing, vae_chunk_frames=candidate.vae_chunk_frames,
+                                          vae_tile=candidate.vae_tile)
+        else:
+            saved_book = self.state.get(_codebook_key(candidate))
+            options = candidate.options(codebook_from_dict(saved_book) if saved_book else None)
+            run = lambda: denoise(candidate.steps)  # noqa: E731
+        apply_acceleration(pipe, options, candidate.steps, bundled_teacher=candidate.model == "teacher")
+        try:
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+            figures = {"peak_mem_bytes": peak_memory_bytes(run, pipe.transformer, pipe.vae), "seconds": seconds}
+        finally:
+            remove_acceleration(pipe)
+        self.state.put(key, figures)
+        return figures
+
+    def search(self, space: Sequence[Candidate], prompts: Sequence[str], heldout: Sequence[str],
+               advance: Callable[[], None] | None = None) -> Recipe:
+        """Measure every candidate, keep the fastest that meets the targets, re-check it on ``heldout``;
+        ``advance()`` is called after each candidate (a progress bar's)."""
         results = []
         for number, candidate in enumerate(space, 1):
             fitted, figures = self.fit_memory(candidate, prompts)
             results.append((fitted, figures))
+            if advance is not None:
+                advance()
             self.say(f"[{number}/{len(space)}] {fitted.key()}: {figures['latency_s']:.2f} s, "
                      f"{figures['psnr_db']:.1f} dB" + ("" if self.meets(figures) else " (misses)"))
         passing = [(c, f) for c, f in results if self.meets(f)]
@@ -319,7 +404,7 @@ class Tuner:
             model=chosen.model, fingerprint=model_fingerprint(self.pipe(chosen.model).transformer),
             steps=chosen.steps, guidance=chosen.guidance, cache=chosen.cache, moreg=chosen.moreg,
             rehash=chosen.rehash, slicing=chosen.slicing, guidance_interval=chosen.guidance_interval,
-            guidance_reuse=chosen.guidance_reuse,
+            guidance_reuse=chosen.guidance_reuse, vae_chunk_frames=chosen.vae_chunk_frames, vae_tile=chosen.vae_tile,
             codebook=None if book is None else {"thresholds": list(book.thresholds), "rates": list(book.rates)},
             measured={"search": {**figures, "speedup": baseline["latency_s"] / figures["latency_s"],
                                  "prompts": len(prompts)},

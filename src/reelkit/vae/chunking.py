@@ -46,6 +46,22 @@ class ChunkingConfig:
             raise ReelkitError(f"tile_overlap must lie in [0, 0.5), got {self.tile_overlap}")
 
 
+def chunking_ladder(frames: int, size: int, smallest_tile: int = 32) -> list[ChunkingConfig]:
+    """Chunkings that bound the decode of a ``frames`` x ``size`` px clip ever lower, and cost ever more quality:
+    temporal chunks of 8, then 4 new frames (those shorter than the clip), then 4-frame chunks in square tiles of
+    3/4 of the frame, then halving from half the frame down to ``smallest_tile`` px (multiples of 8).
+
+    >>> [(c.frames_per_chunk, c.tile_size) for c in chunking_ladder(17, 128)]
+    [(8, None), (4, None), (4, 96), (4, 64), (4, 32)]
+    """
+    ladder = [ChunkingConfig(step) for step in (2 * TEMPORAL_FACTOR, TEMPORAL_FACTOR) if step < frames - 1]
+    tiles = [size * 3 // 4] + [size >> k for k in range(1, size.bit_length())]
+    for tile in dict.fromkeys(t - t % 8 for t in tiles):
+        if max(smallest_tile, 16) <= tile < size:
+            ladder.append(ChunkingConfig(TEMPORAL_FACTOR, tile))
+    return ladder
+
+
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
     """Weights 1 inside, rising linearly over ``overlap`` samples at an edge shared with a neighbour."""
     weight = torch.ones(length)

@@ -44,6 +44,7 @@ SUITES: dict[str, str] = {
     "mardini": "reelkit.eval.bench.mardini",
     "parallel": "reelkit.eval.bench.parallel",
     "tune": "reelkit.eval.bench.tune",
+    "budget": "reelkit.eval.bench.budget",
     "studio": "reelkit.studio.bench",  # lives with the studio (a layer above eval), loaded by name
 }
 """Suite name -> module defining ``run(ctx)``. Later capabilities add their suite here."""
