@@ -16,6 +16,7 @@ and ``psnr_db`` (mean against the plain clips of the same prompts and seeds).
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 
 from reelkit.eval.bench import BenchContext
 from reelkit.eval.bench.harness import heldout_prompts
@@ -43,6 +44,7 @@ def run(ctx: BenchContext) -> list[dict]:
     prompts, _ = heldout_prompts(NUM_PROMPTS[quick])
     steps = STEPS[quick]
 
+    @cache  # one pipeline a model for every size (each size has its own tuner)
     def load(name: str):
         pipe = LOAD(name) if LOAD is not None else load_text_to_video(name)
         pipe.set_progress_bar_config(disable=True)
@@ -52,11 +54,11 @@ def run(ctx: BenchContext) -> list[dict]:
                          "num_prompts": len(prompts), "budget_shares": list(BUDGET_SHARES)})
     plain = Candidate("teacher", steps, GUIDANCE)
     advance = ctx.progress("budgets", len(SIZES[quick]) * (2 + len(BUDGET_SHARES)))
-    rows, pipes = [], {}
+    rows = []
     for size in SIZES[quick]:
         # one tuner a size: the reference clips and the decode probes serve every budget
         settings = TuneSettings(frames=FRAMES, size=size, target_psnr=TARGET_PSNR, max_memory=2**50)  # every peak
-        tuner = Tuner(lambda name: pipes.setdefault(name, load(name)), settings, ("teacher", steps), GUIDANCE)
+        tuner = Tuner(load, settings, ("teacher", steps), GUIDANCE)
 
         sliced = replace(plain, slicing=SLICE_CHUNKS[-1])
         mine = [_row(plain, tuner.measure(plain, prompts), size, None)]
