@@ -47,6 +47,7 @@ def test_tune_writes_a_recipe_that_generate_applies(cli, model_dir, prompts, tmp
     assert recipe.measured["heldout"]["prompts"] == 1 and "latency_s" in recipe.measured["heldout"]
     assert len(recipe.measured["candidates"]) == len(candidates([str(model_dir)], steps_choices=(8, 4)))
     assert recipe.machine["cores"] >= 1 and "wrote" in stdout
+    assert set(recipe.measured["retimed"]) <= set(recipe.measured["candidates"])
     clip = tmp_path / "clip.mp4"
     code, stdout, err = cli("generate", "a red circle", "--recipe", out, "-o", clip, *SMALL)
     assert code == 0, err

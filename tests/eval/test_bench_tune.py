@@ -28,5 +28,15 @@ def test_tune_suite_measures_every_candidate_and_marks_the_front(configure, tmp_
     exact = [row for row in rows if row["psnr_db"] == 100.0]
     assert min(exact, key=lambda row: row["latency_s"])["pareto"]
     assert sum(row["tuned"] for row in rows) == 1
+    # the finalists are re-timed in alternation, and the tuned row is the fastest of them by that timing
+    finalists = [row for row in rows if "retimed_latency_s" in row]
+    assert 2 <= len(finalists) <= 4 and all(row["psnr_db"] >= 12.0 for row in finalists)
+    tuned = next(row for row in rows if row["tuned"])
+    assert tuned["retimed_latency_s"] == min(row["retimed_latency_s"] for row in finalists)
+    target = report["settings"]["targets"]["size_32"]
+    assert target["tuned"] == tuned["method"] and target["decode_s"] > 0
+    single = next(row for row in finalists if row["method"] == target["best_single"])
+    assert single["techniques"] == 1
+    assert target["speedup_vs_best_single"] == single["retimed_latency_s"] / tuned["retimed_latency_s"]
     assert any(row["pareto"] for row in rows if row["method"] != "teacher/8/g5")
     assert (tmp_path / "tune_pareto.png").is_file() and json.loads(path.read_text())["suite"] == "tune"

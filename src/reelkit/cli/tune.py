@@ -92,6 +92,9 @@ def tune(
     console.print(f"wrote {output}: {recipe.describe()}; search {search['psnr_db']:.1f} dB, "
                   f"{search['speedup']:.2f}x vs {reference}; held-out {held['psnr_db']:.1f} dB, "
                   f"{held['speedup']:.2f}x")
+    if recipe.measured.get("speedup_vs_best_single"):
+        console.print(f"finalists re-timed in alternation: {recipe.measured['speedup_vs_best_single']:.2f}x faster "
+                      f"than the fastest single technique meeting the targets", highlight=False)
     if not held["meets_targets"]:
         from reelkit.cli.common import err_console
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,6 +38,8 @@ GUIDANCE_REUSE = (0.5, 0.7)  # below these noise levels every other step (and ev
 CALIBRATED = "adacache-calibrated"  # AdaCache with a codebook fitted on the search prompts against the reference
 CALIBRATION_MIN_STEPS = 5  # AdaCache computes its first and last 2 steps: calibration needs steps in between
 MAX_PSNR = 100.0
+FINALISTS = 3  # the fastest candidates meeting the targets that are re-timed in alternation (with the best single)
+RETIME_ROUNDS = 8
 
 
 class TuneError(ReelkitError):
@@ -188,32 +191,61 @@ class Tuner:
             self.pipes[model] = self.load(model)
         return self.pipes[model]
 
-    def _clips(self, candidate: Candidate, prompts: Sequence[str], peak: bool = False
-               ) -> tuple[torch.Tensor, list[float], int | None]:
-        """The candidate's clips of ``prompts`` (seed + index), their seconds, and with ``peak`` the peak memory of
-        the first clip (measured on its own run, before the timed ones)."""
+    @contextmanager
+    def _generator(self, candidate: Candidate) -> Iterator[Callable[[str, int], tuple[torch.Tensor, float]]]:
+        """While open, ``generate(prompt, index)`` is the candidate's clip of ``prompt`` (seed + index) and its
+        seconds; the candidate's accelerators are on the pipeline only meanwhile."""
         from reelkit.generation import GenerationSettings, generate_video
-        from reelkit.memory import peak_memory_bytes
 
         s = self.settings
         pipe = self.pipe(candidate.model)
         settings = GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size)
         saved = self.state.get(_codebook_key(candidate))
         options = candidate.options(codebook_from_dict(saved) if saved else None)
+
+        def generate(prompt: str, index: int) -> tuple[torch.Tensor, float]:
+            start = time.perf_counter()
+            clip = generate_video(pipe, prompt, settings, seed=s.seed + index).float().cpu()
+            return clip, time.perf_counter() - start
+
         apply_acceleration(pipe, options, candidate.steps, bundled_teacher=candidate.model == "teacher")
         try:
-            peak_bytes = None
-            if peak:
-                peak_bytes = peak_memory_bytes(lambda: generate_video(pipe, prompts[0], settings),
-                                               pipe.transformer, pipe.vae)
-            clips, seconds = [], []
-            for index, prompt in enumerate(prompts):
-                start = time.perf_counter()
-                clips.append(generate_video(pipe, prompt, settings, seed=s.seed + index).float().cpu())
-                seconds.append(time.perf_counter() - start)
-            return torch.stack(clips), seconds, peak_bytes
+            yield generate
         finally:
             remove_acceleration(pipe)
+
+    def _clips(self, candidate: Candidate, prompts: Sequence[str], peak: bool = False
+               ) -> tuple[torch.Tensor, list[float], int | None]:
+        """The candidate's clips of ``prompts`` (seed + index), their seconds, and with ``peak`` the peak memory of
+        the first clip (measured on its own run, before the timed ones)."""
+        from reelkit.memory import peak_memory_bytes
+
+        with self._generator(candidate) as generate:
+            pipe = self.pipe(candidate.model)
+            peak_bytes = peak_memory_bytes(lambda: generate(prompts[0], 0), pipe.transformer, pipe.vae) if peak \
+                else None
+            clips, seconds = zip(*(generate(prompt, index) for index, prompt in enumerate(prompts)), strict=True)
+        return torch.stack(clips), list(seconds), peak_bytes
+
+    def retime(self, finalists: Sequence[Candidate], prompts: Sequence[str], rounds: int = RETIME_ROUNDS,
+               label: str = "search") -> dict[str, float]:
+        """Median seconds a clip of each of ``finalists`` (by key), timed in alternation: round r generates prompt
+        r mod len(prompts) with every finalist in turn, the order reversed every other round. A search measures
+        its candidates minutes apart, and a shared CPU's speed drifts by up to 40% over that time; alternating
+        makes the drift hit the finalists alike, so the closest of them are told apart fairly. Kept in the state."""
+        key = f"retime:{label}:" + "|".join(sorted(c.key() for c in finalists))
+        saved = self.state.get(key)
+        if saved is not None:
+            return saved
+        seconds: dict[str, list[float]] = {c.key(): [] for c in finalists}
+        for round_index in range(rounds):
+            index = round_index % len(prompts)
+            for candidate in finalists if round_index % 2 == 0 else finalists[::-1]:
+                with self._generator(candidate) as generate:
+                    seconds[candidate.key()].append(generate(prompts[index], index)[1])
+        medians = {name: statistics.median(times) for name, times in seconds.items()}
+        self.state.put(key, medians)
+        return medians
 
     def reference_clips(self, prompts: Sequence[str]) -> torch.Tensor:
         key = tuple(prompts)
@@ -237,16 +269,17 @@ class Tuner:
             s = self.settings
             self.say(f"calibrating {candidate.key()} on {len(prompts)} prompts")
             references, pipe = list(self.reference_clips(prompts)), self.pipe(candidate.model)
-            if candidate.guidance_interval is not None:  # calibrated as it will run: guidance limited too
-                pipe.enable_guidance_interval(candidate.guidance_interval)
+            # calibrated as it will run: with its guidance limited or reused too
+            guidance = AccelerationOptions(guidance_interval=candidate.guidance_interval,
+                                           guidance_reuse=candidate.guidance_reuse)
+            apply_acceleration(pipe, guidance, candidate.steps, bundled_teacher=candidate.model == "teacher")
             try:
                 result = calibrate_ada_cache(
                     pipe, prompts, s.target_psnr,
                     GenerationSettings(candidate.steps, candidate.guidance, s.seed, s.frames, s.size),
                     AdaCacheConfig(moreg=candidate.moreg), references=references)
             finally:
-                if candidate.guidance_interval is not None:
-                    pipe.disable_guidance_interval()
+                remove_acceleration(pipe)
             saved = {"thresholds": list(result.codebook.thresholds), "rates": list(result.codebook.rates),
                      "psnr_db": result.psnr_db, "computed_fraction": result.computed_fraction}
             self.state.put(key, saved)
@@ -313,7 +346,7 @@ class Tuner:
         budget, s = self.settings.max_memory, self.settings
         slicings = [None, *SLICE_CHUNKS]
         while True:  # the fewest slicing chunks whose denoising fits (or the most there are)
-            denoise = self._probe(replace(candidate, slicing=slicings[0]), prompt, decode=False)
+            denoise = self.probe(replace(candidate, slicing=slicings[0]), prompt, decode=False)
             if denoise["peak_mem_bytes"] <= budget or len(slicings) == 1:
                 break
             slicings.pop(0)
@@ -327,14 +360,14 @@ class Tuner:
                 fitted = replace(candidate, slicing=slicing,
                                  vae_chunk_frames=chunking.frames_per_chunk if chunking else None,
                                  vae_tile=chunking.tile_size if chunking else None)
-                decode = self._probe(fitted, prompt, decode=True)
+                decode = self.probe(fitted, prompt, decode=True)
                 probed.append((max(denoise["peak_mem_bytes"], decode["peak_mem_bytes"]), decode["seconds"], fitted))
                 if probed[-1][0] <= budget:
                     break  # more slicing chunks on this chunking only cost time
         fits = sorted((item for item in probed if item[0] <= budget), key=lambda item: item[1])
         return [fitted for _, _, fitted in fits] or [min(probed, key=lambda item: item[0])[2]]
 
-    def _probe(self, candidate: Candidate, prompt: str, decode: bool) -> dict:
+    def probe(self, candidate: Candidate, prompt: str, decode: bool) -> dict:
         """Peak bytes (one tracked run) and seconds (one plain run) of ``candidate``'s denoising loop alone, or with
         ``decode`` of its VAE decode alone (only its slicing and chunking matter: the key leaves the rest out)."""
         from reelkit.memory import peak_memory_bytes
@@ -372,6 +405,17 @@ class Tuner:
         self.state.put(key, figures)
         return figures
 
+    def retime_finalists(self, passing: Sequence[tuple[Candidate, dict]], prompts: Sequence[str],
+                         rounds: int = RETIME_ROUNDS) -> dict[str, float]:
+        """:meth:`retime` of the ``FINALISTS`` fastest of ``passing`` (candidates meeting the targets, with their
+        figures) and the fastest single technique among them; {} when there is only one to time."""
+        ranked = sorted(passing, key=lambda item: item[1]["latency_s"])
+        finalists = [c for c, _ in ranked[:FINALISTS]]
+        single = next((c for c, _ in ranked if techniques(c, self.reference[1]) == 1), None)
+        if single is not None and single not in finalists:
+            finalists.append(single)
+        return self.retime(finalists, prompts, rounds) if len(finalists) > 1 else {}
+
     def search(self, space: Sequence[Candidate], prompts: Sequence[str], heldout: Sequence[str],
                advance: Callable[[], None] | None = None) -> Recipe:
         """Measure every candidate, keep the fastest that meets the targets, re-check it on ``heldout``;
@@ -392,12 +436,16 @@ class Tuner:
             if smallest is not None:
                 reach += f", smallest peak memory reached {smallest / 2**30:.2f} GiB"
             raise TuneError(f"no candidate meets the targets ({reach}); relax --target-psnr or --max-memory")
-        chosen, figures = min(passing, key=lambda item: item[1]["latency_s"])
+        retimed = self.retime_finalists(passing, prompts)
+        finalists = [item for item in passing if item[0].key() in retimed] or passing
+        chosen, figures = min(finalists, key=lambda item: retimed.get(item[0].key(), item[1]["latency_s"]))
+        figures = {**figures, "latency_s": retimed.get(chosen.key(), figures["latency_s"])}
         baseline = self.measure(Candidate(*self.reference, self.guidance), prompts)
         held = self.measure(chosen, heldout, label="heldout")
         held_baseline = self.measure(Candidate(*self.reference, self.guidance), heldout, label="heldout")
-        singles = [f for c, f in passing if techniques(c, self.reference[1]) == 1]
-        best_single = min((f["latency_s"] for f in singles), default=None)
+        single = min(((c, f) for c, f in passing if techniques(c, self.reference[1]) == 1),
+                     key=lambda item: item[1]["latency_s"], default=None)
+        best_single = None if single is None else retimed.get(single[0].key(), single[1]["latency_s"])
         s = self.settings
         book = self.codebook(chosen, prompts) if chosen.cache == CALIBRATED else None
         return Recipe(
@@ -411,6 +459,8 @@ class Tuner:
                       "heldout": {**held, "speedup": held_baseline["latency_s"] / held["latency_s"],
                                   "prompts": len(heldout), "meets_targets": self.meets(held)},
                       "best_single_technique_latency_s": best_single,
+                      "speedup_vs_best_single": best_single / figures["latency_s"] if best_single else None,
+                      "retimed": retimed,
                       "candidates": {c.key(): f for c, f in results}},
             targets={"psnr_db": s.target_psnr, "adherence": s.target_adherence, "max_memory_bytes": s.max_memory,
                      "reference": f"{self.reference[0]}@{self.reference[1]}", "frames": s.frames, "size": s.size},

@@ -6,9 +6,13 @@ Rows: one per candidate and size (``method`` is the candidate's key, e.g. ``teac
 ``latency_s`` (median seconds a clip), ``speedup`` (the reference's latency over this one), ``psnr_db`` (mean against
 the reference clips), ``techniques`` (how many of: fewer steps, AdaCache, Step Rehash, limited guidance, guidance
 reuse, the student), ``pareto`` (no other row is both faster and closer) and ``tuned`` (the fastest meeting
-``TARGET_PSNR``).
+``TARGET_PSNR``, among the finalists by their re-timed latency). Finalists (the three fastest rows meeting the
+target and the fastest single technique meeting it) are timed again in alternation (``retimed_latency_s``), since
+a CPU's speed drifts over the suite's hour.
 Calibrated AdaCache rows fit their codebooks on as many other held-out prompts. ``settings["targets"]``
-compares the tuned row with the fastest single-technique row that meets the target (``TARGET_SPEEDUP_VS_SINGLE``).
+compares the tuned row with the fastest single-technique row that meets the target (``TARGET_SPEEDUP_VS_SINGLE``),
+by re-timed latencies (``speedup_vs_best_single``; by the search's, ``speedup_vs_best_single_search``), and gives
+the VAE decode's seconds, which every row pays alike (``decode_s``).
 The plot ``<report>_pareto.png`` shows every row and the front.
 """
 
@@ -28,7 +32,27 @@ REFERENCE_STEPS = {False: 50, True: 20}
 MODELS = ("teacher", "student")
 FRAMES, GUIDANCE = 17, 5.0
 TARGET_PSNR, TARGET_SPEEDUP_VS_SINGLE = 30.0, 1.5
+RETIME_ROUNDS = 8  # the finalists' alternating re-timing: clips each (cycling through the prompts)
 LOAD = None  # a loader by model name (tests swap in a tiny one); None: the bundled pipelines
+
+
+def _latency(row: dict) -> float:
+    return row.get("retimed_latency_s", row["latency_s"])
+
+
+def _target(rows: list[dict], decode_s: float) -> dict:
+    """The tuned row against the fastest single technique meeting the target, by their re-timed latencies (and by
+    the search's, for comparison); ``decode_s``: the VAE decode's seconds, which every candidate pays alike."""
+    passing = [row for row in rows if row["psnr_db"] >= TARGET_PSNR]
+    tuned = [row for row in passing if row["tuned"]]
+    singles = [row for row in passing if row["techniques"] == 1]
+    if not tuned or not singles:
+        return {"tuned": tuned[0]["method"] if tuned else None, "met": False, "decode_s": decode_s}
+    single = min(singles, key=lambda row: row["latency_s"])
+    ratio = _latency(single) / _latency(tuned[0])
+    return {"tuned": tuned[0]["method"], "best_single": single["method"], "speedup_vs_best_single": ratio,
+            "speedup_vs_best_single_search": min(r["latency_s"] for r in singles) / tuned[0]["latency_s"],
+            "decode_s": decode_s, "met": ratio >= TARGET_SPEEDUP_VS_SINGLE}
 
 
 def _pareto(rows: list[dict]) -> None:
@@ -96,36 +120,36 @@ def run(ctx: BenchContext) -> list[dict]:
     ctx.settings.update({"num_prompts": {size: len(p) for size, (_, (p, _)) in spaces.items()}, "frames": FRAMES,
                          "sizes": list(sizes), "reference": f"{reference[0]}@{reference[1]}", "guidance": GUIDANCE,
                          "candidates": {size: len(space) for size, (space, _) in spaces.items()}})
-    rows = []
+    rows, targets = [], {}
     advance = ctx.progress("candidates", sum(len(space) for space, _ in spaces.values()))
     for size in sizes:
         space, (size_prompts, size_calibration) = spaces[size]
         tuner = Tuner(load, TuneSettings(frames=FRAMES, size=size, target_psnr=TARGET_PSNR), reference, GUIDANCE)
         base = tuner.measure(Candidate(*reference, GUIDANCE), size_prompts)["latency_s"]
-        mine = []
+        mine, measured = [], []
         for candidate in space:
             if candidate.cache == CALIBRATED:
                 tuner.codebook(candidate, size_calibration)
             figures = tuner.measure(candidate, size_prompts)
+            measured.append((candidate, figures))
             mine.append({"method": candidate.key(), "size": size, "latency_s": figures["latency_s"],
                          "speedup": base / figures["latency_s"], "psnr_db": figures["psnr_db"],
                          "techniques": techniques(candidate, reference[1])})
             advance()
-        passing = [row for row in mine if row["psnr_db"] >= TARGET_PSNR]
-        fastest = min(passing, key=lambda row: row["latency_s"], default=None)
+        # the closest finalists are told apart by timing them again in alternation (Tuner.retime)
+        retimed = tuner.retime_finalists([item for item in measured if tuner.meets(item[1])], size_prompts,
+                                         rounds=RETIME_ROUNDS)
+        for row in mine:
+            if row["method"] in retimed:
+                row["retimed_latency_s"] = retimed[row["method"]]
+        finalists = [row for row in mine if "retimed_latency_s" in row]
+        fastest = min(finalists or [row for row in mine if row["psnr_db"] >= TARGET_PSNR], key=_latency, default=None)
         for row in mine:
             row["tuned"] = row is fastest
         rows += mine
+        targets[f"size_{size}"] = _target(mine, tuner.probe(Candidate(*reference, GUIDANCE), size_prompts[0],
+                                                            decode=True)["seconds"])
     _pareto(rows)
-    targets = {}
-    for size in SIZES[quick]:
-        mine = [row for row in rows if row["size"] == size and row["psnr_db"] >= TARGET_PSNR]
-        tuned = [row for row in mine if row["tuned"]]
-        singles = [row for row in mine if row["techniques"] == 1]
-        if tuned and singles:
-            ratio = min(r["latency_s"] for r in singles) / tuned[0]["latency_s"]
-            targets[f"size_{size}"] = {"tuned": tuned[0]["method"], "speedup_vs_best_single": ratio,
-                                       "met": ratio >= TARGET_SPEEDUP_VS_SINGLE}
     ctx.settings["targets"] = {"psnr_db": TARGET_PSNR, "speedup_vs_best_single": TARGET_SPEEDUP_VS_SINGLE, **targets}
     plot = ctx.artifact("pareto.png")
     if plot is not None:
