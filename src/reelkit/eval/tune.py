@@ -125,6 +125,18 @@ def techniques(candidate: Candidate, reference_steps: int) -> int:
                 candidate.guidance_reuse is not None))
 
 
+@dataclass(frozen=True)
+class Finalists:
+    """What :meth:`Tuner.pick` chose: the winner with its figures (``latency_s`` re-timed), every finalist's
+    re-timed seconds by key, and the fastest single technique meeting the targets with its seconds (or None)."""
+
+    chosen: Candidate
+    figures: dict
+    retimed: dict[str, float]
+    single: Candidate | None
+    single_latency_s: float | None
+
+
 @dataclass
 class TuneSettings:
     frames: int = 17
@@ -405,16 +417,24 @@ class Tuner:
         self.state.put(key, figures)
         return figures
 
-    def retime_finalists(self, passing: Sequence[tuple[Candidate, dict]], prompts: Sequence[str],
-                         rounds: int = RETIME_ROUNDS) -> dict[str, float]:
-        """:meth:`retime` of the ``FINALISTS`` fastest of ``passing`` (candidates meeting the targets, with their
-        figures) and the fastest single technique among them; {} when there is only one to time."""
+    def pick(self, passing: Sequence[tuple[Candidate, dict]], prompts: Sequence[str], rounds: int = RETIME_ROUNDS
+             ) -> Finalists:
+        """The winner among ``passing`` (candidates meeting the targets, with their figures) and the fastest single
+        technique among them, by :meth:`retime` of the ``FINALISTS`` fastest and that single (by the search's
+        seconds when there is only one to time)."""
         ranked = sorted(passing, key=lambda item: item[1]["latency_s"])
-        finalists = [c for c, _ in ranked[:FINALISTS]]
-        single = next((c for c, _ in ranked if techniques(c, self.reference[1]) == 1), None)
+        finalists = ranked[:FINALISTS]
+        single = next((item for item in ranked if techniques(item[0], self.reference[1]) == 1), None)
         if single is not None and single not in finalists:
             finalists.append(single)
-        return self.retime(finalists, prompts, rounds) if len(finalists) > 1 else {}
+        retimed = self.retime([c for c, _ in finalists], prompts, rounds) if len(finalists) > 1 else {}
+
+        def seconds(item: tuple[Candidate, dict]) -> float:
+            return retimed.get(item[0].key(), item[1]["latency_s"])
+
+        chosen = min(finalists, key=seconds)
+        return Finalists(chosen[0], {**chosen[1], "latency_s": seconds(chosen)}, retimed,
+                         None if single is None else single[0], None if single is None else seconds(single))
 
     def search(self, space: Sequence[Candidate], prompts: Sequence[str], heldout: Sequence[str],
                advance: Callable[[], None] | None = None) -> Recipe:
@@ -436,16 +456,11 @@ class Tuner:
             if smallest is not None:
                 reach += f", smallest peak memory reached {smallest / 2**30:.2f} GiB"
             raise TuneError(f"no candidate meets the targets ({reach}); relax --target-psnr or --max-memory")
-        retimed = self.retime_finalists(passing, prompts)
-        finalists = [item for item in passing if item[0].key() in retimed] or passing
-        chosen, figures = min(finalists, key=lambda item: retimed.get(item[0].key(), item[1]["latency_s"]))
-        figures = {**figures, "latency_s": retimed.get(chosen.key(), figures["latency_s"])}
+        pick = self.pick(passing, prompts)
+        chosen, figures, best_single = pick.chosen, pick.figures, pick.single_latency_s
         baseline = self.measure(Candidate(*self.reference, self.guidance), prompts)
         held = self.measure(chosen, heldout, label="heldout")
         held_baseline = self.measure(Candidate(*self.reference, self.guidance), heldout, label="heldout")
-        single = min(((c, f) for c, f in passing if techniques(c, self.reference[1]) == 1),
-                     key=lambda item: item[1]["latency_s"], default=None)
-        best_single = None if single is None else retimed.get(single[0].key(), single[1]["latency_s"])
         s = self.settings
         book = self.codebook(chosen, prompts) if chosen.cache == CALIBRATED else None
         return Recipe(
@@ -460,11 +475,12 @@ class Tuner:
                                   "prompts": len(heldout), "meets_targets": self.meets(held)},
                       "best_single_technique_latency_s": best_single,
                       "speedup_vs_best_single": best_single / figures["latency_s"] if best_single else None,
-                      "retimed": retimed,
+                      "retimed": pick.retimed,
                       "candidates": {c.key(): f for c, f in results}},
             targets={"psnr_db": s.target_psnr, "adherence": s.target_adherence, "max_memory_bytes": s.max_memory,
                      "reference": f"{self.reference[0]}@{self.reference[1]}", "frames": s.frames, "size": s.size},
         )
 
 
-__all__ = ["CALIBRATED", "Candidate", "TuneError", "TuneSettings", "Tuner", "candidates", "check_targets", "techniques"]
+__all__ = ["CALIBRATED", "Candidate", "Finalists", "TuneError", "TuneSettings", "Tuner", "candidates", "check_targets",
+           "techniques"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from reelkit.eval.bench import BenchContext
 from reelkit.eval.bench.harness import heldout_prompts
-from reelkit.eval.tune import CALIBRATED, Candidate, Tuner, TuneSettings, candidates, techniques
+from reelkit.eval.tune import CALIBRATED, Candidate, Finalists, Tuner, TuneSettings, candidates, techniques
 
 NUM_PROMPTS = {False: 4, True: 2}
 SIZES = {False: (64, 128), True: (64,)}
@@ -36,22 +36,15 @@ RETIME_ROUNDS = 8  # the finalists' alternating re-timing: clips each (cycling t
 LOAD = None  # a loader by model name (tests swap in a tiny one); None: the bundled pipelines
 
 
-def _latency(row: dict) -> float:
-    return row.get("retimed_latency_s", row["latency_s"])
-
-
-def _target(rows: list[dict], decode_s: float) -> dict:
-    """The tuned row against the fastest single technique meeting the target, by their re-timed latencies (and by
-    the search's, for comparison); ``decode_s``: the VAE decode's seconds, which every candidate pays alike."""
-    passing = [row for row in rows if row["psnr_db"] >= TARGET_PSNR]
-    tuned = [row for row in passing if row["tuned"]]
-    singles = [row for row in passing if row["techniques"] == 1]
-    if not tuned or not singles:
-        return {"tuned": tuned[0]["method"] if tuned else None, "met": False, "decode_s": decode_s}
-    single = min(singles, key=lambda row: row["latency_s"])
-    ratio = _latency(single) / _latency(tuned[0])
-    return {"tuned": tuned[0]["method"], "best_single": single["method"], "speedup_vs_best_single": ratio,
-            "speedup_vs_best_single_search": min(r["latency_s"] for r in singles) / tuned[0]["latency_s"],
+def _target(pick: Finalists, search_latency: dict[str, float], decode_s: float) -> dict:
+    """The tuned candidate against the fastest single technique meeting the target, by their re-timed latencies (and
+    by the search's, for comparison); ``decode_s``: the VAE decode's seconds, which every candidate pays alike."""
+    tuned = pick.chosen.key()
+    if pick.single is None:
+        return {"tuned": tuned, "met": False, "decode_s": decode_s}
+    ratio = pick.single_latency_s / pick.figures["latency_s"]
+    return {"tuned": tuned, "best_single": pick.single.key(), "speedup_vs_best_single": ratio,
+            "speedup_vs_best_single_search": search_latency[pick.single.key()] / search_latency[tuned],
             "decode_s": decode_s, "met": ratio >= TARGET_SPEEDUP_VS_SINGLE}
 
 
@@ -137,18 +130,16 @@ def run(ctx: BenchContext) -> list[dict]:
                          "techniques": techniques(candidate, reference[1])})
             advance()
         # the closest finalists are told apart by timing them again in alternation (Tuner.retime)
-        retimed = tuner.retime_finalists([item for item in measured if tuner.meets(item[1])], size_prompts,
-                                         rounds=RETIME_ROUNDS)
+        passing = [item for item in measured if tuner.meets(item[1])]
+        pick = tuner.pick(passing, size_prompts, rounds=RETIME_ROUNDS) if passing else None
         for row in mine:
-            if row["method"] in retimed:
-                row["retimed_latency_s"] = retimed[row["method"]]
-        finalists = [row for row in mine if "retimed_latency_s" in row]
-        fastest = min(finalists or [row for row in mine if row["psnr_db"] >= TARGET_PSNR], key=_latency, default=None)
-        for row in mine:
-            row["tuned"] = row is fastest
+            row["tuned"] = pick is not None and row["method"] == pick.chosen.key()
+            if pick is not None and row["method"] in pick.retimed:
+                row["retimed_latency_s"] = pick.retimed[row["method"]]
         rows += mine
-        targets[f"size_{size}"] = _target(mine, tuner.probe(Candidate(*reference, GUIDANCE), size_prompts[0],
-                                                            decode=True)["seconds"])
+        if pick is not None:
+            decode_s = tuner.probe(Candidate(*reference, GUIDANCE), size_prompts[0], decode=True)["seconds"]
+            targets[f"size_{size}"] = _target(pick, {row["method"]: row["latency_s"] for row in mine}, decode_s)
     _pareto(rows)
     ctx.settings["targets"] = {"psnr_db": TARGET_PSNR, "speedup_vs_best_single": TARGET_SPEEDUP_VS_SINGLE, **targets}
     plot = ctx.artifact("pareto.png")
