@@ -167,7 +167,7 @@ class WorldClip:
 
 
 def _sample_object(rng: np.random.Generator, want: PartialObject, band: tuple[float, float],
-                   taken_colors: set[str]) -> WorldObject:
+                   taken_colors: set[str], object_scale: float = 1.0) -> WorldObject:
     shape = want.shape or SHAPES[rng.integers(len(SHAPES))]
     if want.color:
         color = want.color
@@ -190,6 +190,7 @@ def _sample_object(rng: np.random.Generator, want: PartialObject, band: tuple[fl
     else:
         r = rng.uniform(0.10, 0.15)
         radius = (r, r)
+    radius = (radius[0] * object_scale, radius[1] * object_scale)
     # Keep the whole path inside the frame (and inside this object's band when there are two).
     margin = max(radius) * 1.15 + 0.02
     lo_y, hi_y = band[0] + margin, band[1] - margin
@@ -250,15 +251,21 @@ def _sample_background(rng: np.random.Generator, want: PartialBackground,
 
 
 def sample_scene(seed: int, objects: Sequence[PartialObject] | None = None,
-                 background: PartialBackground | None = None) -> Scene:
-    """Draw a scene from ``seed``; attributes given in ``objects``/``background`` are kept as asked."""
+                 background: PartialBackground | None = None, object_scale: float = 1.0) -> Scene:
+    """Draw a scene from ``seed``; attributes given in ``objects``/``background`` are kept as asked.
+
+    ``object_scale`` multiplies every object's radius (1: the world's default, 0.10-0.15 of the shorter side);
+    paths stay inside the frame, so larger objects travel less far.
+    """
+    if not 0.25 <= object_scale <= 3.0:
+        raise ShapeError(f"object_scale must lie in 0.25 .. 3 (1: the world's default), got {object_scale}")
     rng = np.random.default_rng(seed)
     if not objects:
         objects = [PartialObject()] * int(rng.integers(1, 3))
     bands = [(0.0, 1.0)] if len(objects) == 1 else [(0.0, 0.5), (0.5, 1.0)]
     placed: list[WorldObject] = []
     for want, band in zip(objects, bands, strict=True):
-        placed.append(_sample_object(rng, want, band, {o.color for o in placed}))
+        placed.append(_sample_object(rng, want, band, {o.color for o in placed}, object_scale))
     return Scene(tuple(placed), _sample_background(rng, background or PartialBackground(), placed))
 
 
