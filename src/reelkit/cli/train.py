@@ -37,6 +37,9 @@ RECIPES = {
                   "configs/cvvae_f4.yaml", "trained model", warm_start=True),
     "t2v": Recipe("reelkit.train.t2v", "Train the text-to-video teacher (VideoDiT + text encoder) on a latent "
                   "cache it builds once.", "configs/teacher.yaml", "trained pipeline", warm_start=True),
+    "ladder": Recipe("reelkit.train.ladder", "Train one rung of the teacher ladder (a text-conditioned U-Net on "
+                     "a slice of the world, judged against CPU-minutes).", "configs/ladder_rung1.yaml",
+                     "trained rung model", warm_start=True),
     "judge": Recipe("reelkit.train.judge", "Train the demo-world judge (the independent classifier that grades "
                     "generators).", "configs/judge.yaml", "trained judge"),
     "rewards": Recipe("reelkit.train.rewards", "Train the demo rewards (image-text and video-text dual encoders) "

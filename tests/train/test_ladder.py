@@ -1,0 +1,79 @@
+"""The ladder recipe on tiny settings: trains, judges against CPU-minutes, resumes, warm-starts, refuses."""
+
+import json
+
+import pytest
+import yaml
+
+from reelkit.errors import ReelkitError
+from reelkit.train.ladder import LadderConfig, build_slice_cache, load_slice_cache, run
+
+TINY = {"size": 32, "cache_clips": 6, "model": {"block_out_channels": [16, 16, 16], "norm_num_groups": 8},
+        "text_encoder": {"dim": 16, "num_layers": 1, "num_heads": 2}, "batch_size": 2, "max_steps": 2,
+        "warmup_steps": 1, "save_every": 2, "log_every": 1, "eval_every": 2, "eval_prompts": 2, "eval_steps": 2}
+
+
+def write_config(tmp_path, name="run", **overrides):
+    config = {**TINY, "output_dir": str(tmp_path / name), "latent_cache": str(tmp_path / "cache"), **overrides}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_rung_trains_judges_and_exports(tmp_path):
+    model = run(write_config(tmp_path))
+    assert {p.name for p in model.iterdir()} == {"unet", "text_encoder", "tokenizer", "ladder.json"}
+    rows = (tmp_path / "run" / "adherence.csv").read_text().splitlines()
+    assert rows[0] == "step,cpu_minutes,shape,color,count,mean" and rows[1].startswith("2,")
+    assert 0 <= float(rows[1].split(",")[2]) <= 1
+    assert (tmp_path / "run" / "best" / "unet").is_dir()  # the first reading is the best so far
+    assert json.loads((model / "ladder.json").read_text())["world"] == {"rung": 1}
+
+    # resumed with more steps: the CPU-minutes go on from where the last run stopped
+    run(write_config(tmp_path, max_steps=4))
+    rows = (tmp_path / "run" / "adherence.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert float(rows[2].split(",")[1]) >= float(rows[1].split(",")[1])
+
+    # the next rung warm-starts from this one; a model of another width is refused
+    run(write_config(tmp_path, "next", world={"rung": 2}, init_from=str(model), latent_cache=str(tmp_path / "c2")))
+    wide = write_config(tmp_path, "wide", model={"block_out_channels": [16, 16, 32], "norm_num_groups": 8},
+                        init_from=str(model))
+    with pytest.raises(ReelkitError, match="does not match the config"):
+        run(wide)
+
+
+def test_slots_control_and_a_resume_that_no_longer_matches(tmp_path):
+    run(write_config(tmp_path, conditioning="slots", max_steps=1, save_every=1, eval_every=0))
+    assert (tmp_path / "run" / "model" / "slots.pt").is_file()
+    with pytest.raises(ReelkitError, match="checkpoint does not match"):
+        run(write_config(tmp_path, conditioning="slots", max_steps=2, eval_every=0,
+                         model={"block_out_channels": [16, 16, 32], "norm_num_groups": 8}))
+
+
+def test_the_cache_resumes_and_refuses_other_settings(tmp_path):
+    from reelkit.data.ladder import RUNGS
+    from reelkit.vae.image_vae import load_image_vae
+
+    vae = load_image_vae("image_vae_f4")
+    folder = build_slice_cache(tmp_path / "c", RUNGS[1], 32, 3, vae, shard_size=2)
+    latents, captions, labels = load_slice_cache(folder, 3)
+    assert latents.shape[0] == 3 and len(captions) == 3 and labels.shape == (3, 3)
+    with pytest.raises(ReelkitError, match="other settings"):
+        build_slice_cache(tmp_path / "c", RUNGS[2], 32, 3, vae, shard_size=2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"world": {"rung": 7}}, "rung must be one of"),
+    ({"world": {"rung": 3}}, "trains stills"),
+    ({"world": {"object_scale": 0}}, "object_scale"),
+    ({"world": "rung one"}, "world"),
+    ({"size": 40}, "multiple of 16"),
+    ({"conditioning": "slots", "world": {"rung": 2}}, "slots names one object"),
+    ({"conditioning": "clip"}, "conditioning must be"),
+])
+def test_settings_the_world_or_the_recipe_cannot_take_are_one_error(tmp_path, overrides, message):
+    from reelkit.train.common import load_config
+
+    with pytest.raises(ReelkitError, match=message):
+        load_config(LadderConfig, write_config(tmp_path, **overrides))
