@@ -44,7 +44,7 @@ def test_a_rung_trains_judges_and_exports(tmp_path):
 
 
 def test_slots_control_and_a_resume_that_no_longer_matches(tmp_path):
-    run(write_config(tmp_path, conditioning="slots", max_steps=1, save_every=1, eval_every=0))
+    run(write_config(tmp_path, conditioning="slots", max_steps=1, save_every=1, eval_every=0, object_weight=4.0))
     assert (tmp_path / "run" / "model" / "slots.pt").is_file()
     with pytest.raises(ReelkitError, match="checkpoint does not match"):
         run(write_config(tmp_path, conditioning="slots", max_steps=2, eval_every=0,
@@ -57,8 +57,9 @@ def test_the_cache_resumes_and_refuses_other_settings(tmp_path):
 
     vae = load_image_vae("image_vae_f4")
     folder = build_slice_cache(tmp_path / "c", RUNGS[1], 32, 3, vae, shard_size=2)
-    latents, captions, labels = load_slice_cache(folder, 3)
+    latents, captions, labels, coverage = load_slice_cache(folder, 3)
     assert latents.shape[0] == 3 and len(captions) == 3 and labels.shape == (3, 3)
+    assert coverage.shape == (3, 8, 8) and 0 < coverage.max() <= 1 and coverage.min() == 0
     with pytest.raises(ReelkitError, match="other settings"):
         build_slice_cache(tmp_path / "c", RUNGS[2], 32, 3, vae, shard_size=2)
 
@@ -71,6 +72,7 @@ def test_the_cache_resumes_and_refuses_other_settings(tmp_path):
     ({"size": 40}, "multiple of 16"),
     ({"conditioning": "slots", "world": {"rung": 2}}, "slots names one object"),
     ({"conditioning": "clip"}, "conditioning must be"),
+    ({"object_weight": -1}, "object_weight"),
 ])
 def test_settings_the_world_or_the_recipe_cannot_take_are_one_error(tmp_path, overrides, message):
     from reelkit.train.common import load_config

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from reelkit.data.captions import BACKGROUND_COLORS, COLORS, SHAPES
 from reelkit.data.ladder import WorldSlice, heldout_slice_seeds, render_slice
+from reelkit.data.world import object_coverage
 from reelkit.errors import ReelkitError
 from reelkit.files import atomic_path
 from reelkit.train.common import apply_gradients, autocast, build, check_mixed_precision, endless, load_config
@@ -68,6 +69,7 @@ class LadderConfig:
     caption_dropout: float = 0.1
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    object_weight: float = 0.0  # > 0: the loss weighs latent pixels on the object (1 + this) x the background
     grad_clip: float = 1.0
     mixed_precision: str = "no"
     save_every: int = 250
@@ -94,6 +96,8 @@ class LadderConfig:
             raise ReelkitError(f"conditioning must be text or slots, got {self.conditioning!r}")
         if self.conditioning == "slots" and (self.slice.object_counts != (1,) or self.slice.backgrounds != ("solid",)):
             raise ReelkitError("conditioning: slots names one object on a solid background (rung 1's slice)")
+        if not 0 <= self.object_weight <= 1000:
+            raise ReelkitError(f"object_weight must lie in 0 .. 1000 (0: off), got {self.object_weight}")
         if not 0 <= self.caption_dropout < 1 or self.eval_every < 0 or not 1 <= self.eval_prompts <= 512:
             raise ReelkitError("caption_dropout must lie in [0, 1), eval_every be >= 0, eval_prompts in 1 .. 512")
         if self.latent_cache is None:
@@ -113,8 +117,8 @@ def slot_labels(scene) -> tuple[int, int, int]:
 def build_slice_cache(folder: str | Path, world_slice: WorldSlice, size: int, count: int, vae,
                       shard_size: int = 512, progress=None) -> Path:
     """Encode the stills of seeds ``0 .. count`` of ``world_slice`` (posterior means times the scaling factor,
-    fp16) with their captions and slot labels, in atomically written shards; present shards are kept, so an
-    interrupted build resumes and a larger ``count`` extends the cache."""
+    fp16) with their captions, slot labels and object coverage at latent resolution, in atomically written
+    shards; present shards are kept, so an interrupted build resumes and a larger ``count`` extends the cache."""
     from safetensors.torch import save_file
 
     from reelkit.train.latent_cache import open_cache_folder, shard_name
@@ -133,7 +137,10 @@ def build_slice_cache(folder: str | Path, world_slice: WorldSlice, size: int, co
         latents = [vae.encode(torch.stack([c.video[:, 0] for c in clips[i:i + 64]])).latent_dist.mean
                    for i in range(0, len(clips), 64)]
         labels = torch.tensor([slot_labels(c.scene) if single else (-1, -1, -1) for c in clips])
-        tensors = {"latent": (torch.cat(latents) * vae.config.scaling_factor).half().contiguous(), "labels": labels}
+        latent = torch.cat(latents) * vae.config.scaling_factor
+        factor = size // latent.shape[-1]
+        coverage = torch.stack([F.avg_pool2d(object_coverage(c.scene, 1, size), factor)[0] for c in clips])
+        tensors = {"latent": latent.half().contiguous(), "labels": labels, "coverage": coverage.half().contiguous()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"captions": json.dumps([c.caption for c in clips])})
         if progress is not None:
@@ -141,20 +148,22 @@ def build_slice_cache(folder: str | Path, world_slice: WorldSlice, size: int, co
     return folder
 
 
-def load_slice_cache(folder: Path, count: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(latents (N, C, h, w) fp32, captions, slot labels (N, 3)) of the first ``count`` cached stills."""
+def load_slice_cache(folder: Path, count: int) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
+    """(latents (N, C, h, w) fp32, captions, slot labels (N, 3), object coverage (N, h, w)) of the first ``count``
+    cached stills."""
     from safetensors import safe_open
 
     from reelkit.train.latent_cache import shard_name
 
-    latents, captions, labels, shard = [], [], [], 0
+    latents, captions, labels, coverage, shard = [], [], [], [], 0
     while sum(len(c) for c in latents) < count and (path := folder / shard_name(shard)).is_file():
         with safe_open(str(path), "pt") as handle:
             latents.append(handle.get_tensor("latent").float())
             labels.append(handle.get_tensor("labels"))
+            coverage.append(handle.get_tensor("coverage").float())
             captions += json.loads(handle.metadata()["captions"])
         shard += 1
-    return torch.cat(latents)[:count], captions[:count], torch.cat(labels)[:count]
+    return torch.cat(latents)[:count], captions[:count], torch.cat(labels)[:count], torch.cat(coverage)[:count]
 
 
 class SlotEncoder(torch.nn.Module):
@@ -220,7 +229,8 @@ class LadderRecipe(Recipe):
             build_slice_cache(config.latent_cache, config.slice, config.size, config.cache_clips, self.vae,
                               progress=lambda n: self.accelerator.print(f"ladder cache: {n} stills", flush=True))
         self.accelerator.wait_for_everyone()
-        self.latents, self.captions, self.slots = load_slice_cache(Path(config.latent_cache), config.cache_clips)
+        self.latents, self.captions, self.slots, self.coverage = load_slice_cache(Path(config.latent_cache),
+                                                                                  config.cache_clips)
 
     def _setup_models(self) -> None:
         from diffusers import UNet2DConditionModel
@@ -281,7 +291,12 @@ class LadderRecipe(Recipe):
         with autocast(config.mixed_precision, accelerator.device):
             states = denoiser.condition(captions, labels.to(accelerator.device))
             prediction = self.denoiser(noisy, sigma * 1000, states).float()
-        loss = F.mse_loss(prediction, noise - x0)  # rectified flow's velocity target
+        error = (prediction - (noise - x0)).pow(2)  # rectified flow's velocity target
+        if config.object_weight:  # the object is ~5% of a still: weigh it up so its shape is not lost in the rest
+            weight = (1 + config.object_weight * self.coverage[index][:, None]).to(error).expand_as(error)
+            loss = (error * weight).mean() / weight.mean()
+        else:
+            loss = error.mean()
         apply_gradients(accelerator, loss, self.denoiser.parameters(), self.optimizer, self.scheduler,
                         config.grad_clip)
         self.ema.step(denoiser.parameters())
