@@ -27,6 +27,7 @@ def test_a_rung_trains_judges_and_exports(tmp_path):
     assert rows[0] == "step,cpu_minutes,shape,color,count,mean" and rows[1].startswith("2,")
     assert 0 <= float(rows[1].split(",")[2]) <= 1
     assert (tmp_path / "run" / "best" / "unet").is_dir()  # the first reading is the best so far
+    assert (tmp_path / "run" / "samples" / "step_000002.png").stat().st_size > 0
     assert json.loads((model / "ladder.json").read_text())["world"] == {"rung": 1}
 
     # resumed with more steps: the CPU-minutes go on from where the last run stopped

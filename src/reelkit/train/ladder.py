@@ -313,7 +313,9 @@ class LadderRecipe(Recipe):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Judge the EMA weights on the slice's held-out prompts; keep them in ``output_dir/best`` when best."""
-        scores = ladder_adherence(self._ema_denoiser(), self.vae, self.config)
+        (self.output_dir / "samples").mkdir(exist_ok=True)
+        scores = ladder_adherence(self._ema_denoiser(), self.vae, self.config,
+                                  sheet=self.output_dir / "samples" / f"step_{self.step:06d}.png")
         scores["cpu_minutes"] = self.cpu_offset + (time.process_time() - self.cpu_start) / 60
         with self.adherence_csv.open("a") as handle:
             handle.write(f"{self.step}," + ",".join(f"{scores[k]:.4f}" for k in ADHERENCE_HEADER.split(",")[1:])
@@ -347,8 +349,10 @@ class LadderRecipe(Recipe):
         swap_in_folder(staging, destination)
 
 
-def ladder_adherence(denoiser: LadderDenoiser, vae, config: LadderConfig) -> dict[str, float]:
-    """Shape, colour and count adherence (and their mean) of ``denoiser`` on the slice's held-out prompts."""
+def ladder_adherence(denoiser: LadderDenoiser, vae, config: LadderConfig,
+                     sheet: Path | None = None) -> dict[str, float]:
+    """Shape, colour and count adherence (and their mean) of ``denoiser`` on the slice's held-out prompts; with
+    ``sheet``, the first 16 samples are saved there as a 2 x 8 contact sheet (PNG)."""
     from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
     from reelkit.models.judge import load_judge
 
@@ -364,11 +368,27 @@ def ladder_adherence(denoiser: LadderDenoiser, vae, config: LadderConfig) -> dic
     images = vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
     if config.size != 64:  # the judge reads 64 px
         images = F.interpolate(images, size=(64, 64), mode="area")
+    if sheet is not None:
+        save_sheet(images[:16], sheet)
     seen, _ = judge_clips(load_judge(), images[:, :, None].expand(-1, -1, 17, -1, -1).contiguous())
     scores = mean_adherence(prompt_adherence(p, s) for p, s in zip(prompts, seen, strict=True))
     scores = {k: scores[k] for k in ("shape", "color", "count")}
     scores["mean"] = sum(scores.values()) / 3
     return scores
+
+
+def save_sheet(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    """Stills ``(N, 3, H, W)`` in [-1, 1] as one PNG grid, ``columns`` wide."""
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.zeros(3, rows * h, columns * w)
+    for i, image in enumerate(images):
+        grid[:, (i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = image
+    pixels = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
 
 
 def _warm_start(folder: Path, unet, encoder):
