@@ -52,6 +52,17 @@ def test_slots_control_and_a_resume_that_no_longer_matches(tmp_path):
                          model={"block_out_channels": [16, 16, 32], "norm_num_groups": 8}))
 
 
+def test_pooled_condition_modulates_the_resnets(tmp_path):
+    model = {"block_out_channels": [16, 16, 16], "norm_num_groups": 8, "class_embed_type": "projection",
+             "projection_class_embeddings_input_dim": 16, "resnet_time_scale_shift": "scale_shift"}
+    folder = run(write_config(tmp_path, model=model, eval_every=1, max_steps=1))
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    assert unet.class_embedding is not None and torch.isfinite(unet.class_embedding.linear_1.weight).all()
+
+
 def test_the_cache_resumes_and_refuses_other_settings(tmp_path):
     from reelkit.data.ladder import RUNGS
     from reelkit.vae.image_vae import load_image_vae

@@ -200,7 +200,10 @@ class LadderDenoiser(torch.nn.Module):
         return self.encoder(tokens["input_ids"], tokens["attention_mask"])
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy, timestep, states).sample
+        # with class_embed_type "projection" the mean state also modulates every ResNet block through the time
+        # embedding (ADM's class conditioning; AdaGN with resnet_time_scale_shift "scale_shift")
+        pooled = states.mean(1) if self.unet.config.class_embed_type == "projection" else None
+        return self.unet(noisy, timestep, states, class_labels=pooled).sample
 
 
 @torch.no_grad()
