@@ -91,3 +91,21 @@ def test_settings_the_world_or_the_recipe_cannot_take_are_one_error(tmp_path, ov
 
     with pytest.raises(ReelkitError, match=message):
         load_config(LadderConfig, write_config(tmp_path, **overrides))
+
+
+def test_swapped_word_probe_reads_a_trained_rung(tmp_path):
+    from reelkit.train.ladder_probe import load_ladder_model, swapped_word_probe
+
+    folder = run(write_config(tmp_path, max_steps=1, eval_every=0))
+    denoiser, config = load_ladder_model(folder)
+    result = swapped_word_probe(denoiser, config, levels=(0.01, 0.9), prompts=3, steps=2)
+    assert set(result) == {0.01, 0.9}
+    for figures in result.values():
+        assert set(figures) == {"true_shown", "swapped_shown", "swapped_kept"}
+        assert all(0 <= v <= 1 for v in figures.values())
+    # from almost no noise every model keeps the shape it is given, whatever the word: drawing, not binding
+    assert result[0.01]["true_shown"] == result[0.01]["swapped_kept"]
+    with pytest.raises(ReelkitError, match="noise levels"):
+        swapped_word_probe(denoiser, config, levels=(1.5,), prompts=1, steps=1)
+    with pytest.raises(ReelkitError, match="not a ladder model folder"):
+        load_ladder_model(tmp_path)
