@@ -207,17 +207,30 @@ class LadderDenoiser(torch.nn.Module):
 
 
 @torch.no_grad()
-def sample_flow(denoiser: LadderDenoiser, cond: torch.Tensor, uncond: torch.Tensor, shape: tuple[int, ...],
-                steps: int, guidance: float, generator: torch.Generator) -> torch.Tensor:
-    """Euler over the rectified flow from noise (sigma 1) to data (sigma 0), classifier-free guidance
-    (Ho & Salimans 2022); the same sampler the teacher's ``FlowMatchEulerDiscreteScheduler`` runs, shift 1."""
-    x = torch.randn(shape, generator=generator)
-    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+def sample_flow(denoiser: LadderDenoiser, cond: torch.Tensor, uncond: torch.Tensor, x: torch.Tensor, steps: int,
+                guidance: float, start: float = 1.0) -> torch.Tensor:
+    """Euler over the rectified flow from ``x`` at noise level ``start`` (1: pure noise) to data (sigma 0), with
+    classifier-free guidance (Ho & Salimans 2022); the teacher's ``FlowMatchEulerDiscreteScheduler``, shift 1."""
+    sigmas = torch.linspace(start, 0.0, steps + 1)
     for i in range(steps):
         t = (sigmas[i] * 1000).expand(len(x))
         cond_v, uncond_v = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond])).chunk(2)
         x = x + (sigmas[i + 1] - sigmas[i]) * (uncond_v + guidance * (cond_v - uncond_v))
     return x
+
+
+@torch.no_grad()
+def judge_stills(latents: torch.Tensor, vae, judge=None) -> tuple[torch.Tensor, list[list[dict[str, str]]]]:
+    """Decode still latents and read them with the judge (each still repeated to 17 frames, at 64 px: larger
+    stills are area-downsampled): ``(images (N, 3, 64, 64), the objects the judge sees per still)``."""
+    from reelkit.eval.adherence import judge_clips
+    from reelkit.models.judge import load_judge
+
+    images = vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+    if images.shape[-1] != 64:
+        images = F.interpolate(images, size=(64, 64), mode="area")
+    seen, _ = judge_clips(judge or load_judge(), images[:, :, None].expand(-1, -1, 17, -1, -1).contiguous())
+    return images, seen
 
 
 class LadderRecipe(Recipe):
@@ -356,8 +369,7 @@ def ladder_adherence(denoiser: LadderDenoiser, vae, config: LadderConfig,
                      sheet: Path | None = None) -> dict[str, float]:
     """Shape, colour and count adherence (and their mean) of ``denoiser`` on the slice's held-out prompts; with
     ``sheet``, the first 16 samples are saved there as a 2 x 8 contact sheet (PNG)."""
-    from reelkit.eval.adherence import judge_clips, mean_adherence, prompt_adherence
-    from reelkit.models.judge import load_judge
+    from reelkit.eval.adherence import mean_adherence, prompt_adherence
 
     clips = [render_slice(seed, config.slice, 64) for seed in heldout_slice_seeds(config.eval_prompts)]
     prompts = [clip.caption for clip in clips]
@@ -366,14 +378,12 @@ def ladder_adherence(denoiser: LadderDenoiser, vae, config: LadderConfig,
     cond = denoiser.condition(prompts, labels)
     uncond = denoiser.condition([""] * len(prompts), SlotEncoder.dropped(len(prompts)))
     h = config.size // 4
-    latents = sample_flow(denoiser, cond, uncond, (len(prompts), denoiser.unet.config.in_channels, h, h),
-                          config.eval_steps, config.eval_guidance, torch.Generator().manual_seed(1000))
-    images = vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
-    if config.size != 64:  # the judge reads 64 px
-        images = F.interpolate(images, size=(64, 64), mode="area")
+    noise = torch.randn((len(prompts), denoiser.unet.config.in_channels, h, h),
+                        generator=torch.Generator().manual_seed(1000))
+    images, seen = judge_stills(sample_flow(denoiser, cond, uncond, noise, config.eval_steps, config.eval_guidance),
+                                vae)
     if sheet is not None:
         save_sheet(images[:16], sheet)
-    seen, _ = judge_clips(load_judge(), images[:, :, None].expand(-1, -1, 17, -1, -1).contiguous())
     scores = mean_adherence(prompt_adherence(p, s) for p, s in zip(prompts, seen, strict=True))
     scores = {k: scores[k] for k in ("shape", "color", "count")}
     scores["mean"] = sum(scores.values()) / 3
@@ -428,4 +438,4 @@ def run(config_path: str | Path, **overrides) -> Path:
 
 
 __all__ = ["LadderConfig", "LadderDenoiser", "LadderRecipe", "SlotEncoder", "build_slice_cache",
-           "ladder_adherence", "load_slice_cache", "run", "sample_flow", "train"]
+           "judge_stills", "ladder_adherence", "load_slice_cache", "run", "sample_flow", "train"]

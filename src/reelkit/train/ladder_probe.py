@@ -18,12 +18,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from reelkit.data.captions import SHAPES
 from reelkit.data.ladder import RUNGS, WorldSlice, heldout_slice_seeds, render_slice
 from reelkit.errors import ReelkitError
-from reelkit.train.ladder import LadderDenoiser, SlotEncoder, slot_labels
+from reelkit.train.ladder import LadderDenoiser, SlotEncoder, judge_stills, sample_flow, slot_labels
 
 
 def load_ladder_model(folder: str | Path) -> tuple[LadderDenoiser, dict]:
@@ -50,7 +49,6 @@ def swapped_word_probe(denoiser: LadderDenoiser, config: dict, levels=(0.3, 0.5,
                        steps: int = 20, guidance: float = 5.0, vae=None, judge=None) -> dict[float, dict[str, float]]:
     """Per noise level: the share of stills showing the true caption's shape (``true_shown``), the swapped
     word's shape (``swapped_shown``) and, under the swapped word, the old shape (``swapped_kept``)."""
-    from reelkit.eval.adherence import judge_clips
     from reelkit.models.judge import load_judge
     from reelkit.vae.image_vae import load_image_vae
 
@@ -83,17 +81,8 @@ def swapped_word_probe(denoiser: LadderDenoiser, config: dict, levels=(0.3, 0.5,
         shown = {}
         for name, shapes in (("true", true), ("swapped", swapped)):
             cond = condition(shapes)
-            sigmas = torch.linspace(level, 0.0, steps + 1)
-            x = (1 - level) * clean + level * noise
-            for i in range(steps):
-                t = (sigmas[i] * 1000).expand(len(x))
-                cond_v, uncond_v = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond])).chunk(2)
-                x = x + (sigmas[i + 1] - sigmas[i]) * (uncond_v + guidance * (cond_v - uncond_v))
-            images = vae.decode(x / vae.config.scaling_factor).sample.clamp(-1, 1)
-            if size != 64:
-                images = F.interpolate(images, size=(64, 64), mode="area")
-            seen, _ = judge_clips(judge, images[:, :, None].expand(-1, -1, 17, -1, -1).contiguous())
-            shown[name] = [objects[0]["shape"] if objects else None for objects in seen]
+            x = sample_flow(denoiser, cond, uncond, (1 - level) * clean + level * noise, steps, guidance, level)
+            shown[name] = [objects[0]["shape"] if objects else None for objects in judge_stills(x, vae, judge)[1]]
         results[level] = {
             "true_shown": sum(a == b for a, b in zip(shown["true"], true, strict=True)) / len(clips),
             "swapped_shown": sum(a == b for a, b in zip(shown["swapped"], swapped, strict=True)) / len(clips),
