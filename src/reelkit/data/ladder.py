@@ -30,10 +30,9 @@ import numpy as np
 
 from reelkit.conventions import is_valid_frame_count
 from reelkit.data.captions import BACKGROUND_KINDS, PartialBackground, PartialObject, write_caption
+from reelkit.data.datasets import HELDOUT_SEED_BASE
 from reelkit.data.world import Scene, WorldClip, render_scene, sample_scene
 from reelkit.errors import ReelkitError
-
-HELDOUT_SEED_BASE = 1_000_000_000  # as the world's held-out split: training seeds stay below
 
 
 @dataclass(frozen=True)

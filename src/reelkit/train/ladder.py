@@ -330,7 +330,8 @@ class LadderRecipe(Recipe):
     def evaluate(self) -> dict[str, float]:
         """Judge the EMA weights on the slice's held-out prompts; keep them in ``output_dir/best`` when best."""
         (self.output_dir / "samples").mkdir(exist_ok=True)
-        scores = ladder_adherence(self._ema_denoiser(), self.vae, self.config,
+        denoiser = self._ema_denoiser()
+        scores = ladder_adherence(denoiser, self.vae, self.config,
                                   sheet=self.output_dir / "samples" / f"step_{self.step:06d}.png")
         scores["cpu_minutes"] = self.cpu_offset + (time.process_time() - self.cpu_start) / 60
         with self.adherence_csv.open("a") as handle:
@@ -338,7 +339,7 @@ class LadderRecipe(Recipe):
                          + "\n")
         if scores["mean"] > self.best:
             self.best = scores["mean"]
-            self.export(self.output_dir / "best")
+            self.export(self.output_dir / "best", denoiser)
         return scores
 
     def _ema_denoiser(self) -> LadderDenoiser:
@@ -348,11 +349,12 @@ class LadderRecipe(Recipe):
         self.ema.copy_to(denoiser.parameters())
         return denoiser
 
-    def export(self, destination: Path) -> None:
-        """The EMA U-Net, condition encoder and tokenizer in diffusers layout, with ``ladder.json`` (the slice)."""
+    def export(self, destination: Path, denoiser: LadderDenoiser | None = None) -> None:
+        """The EMA U-Net, condition encoder and tokenizer in diffusers layout, with ``ladder.json`` (the slice);
+        ``denoiser``: an EMA copy already made."""
         from reelkit.loading import swap_in_folder
 
-        denoiser = self._ema_denoiser()
+        denoiser = denoiser or self._ema_denoiser()
         staging = destination.with_name(f".{destination.name}.tmp")
         denoiser.unet.save_pretrained(staging / "unet")
         if denoiser.tokenizer is not None:
@@ -404,29 +406,39 @@ def save_sheet(images: torch.Tensor, path: Path, columns: int = 8) -> None:
         Image.fromarray(pixels).save(tmp, format="PNG")
 
 
-def _warm_start(folder: Path, unet, encoder):
-    """The U-Net and condition encoder of a ladder model folder, checked against the fresh ones."""
+def load_ladder_model(folder: str | Path) -> tuple[LadderDenoiser, dict]:
+    """The (eval-mode) denoiser of a ladder model folder and its ``ladder.json`` (world slice, size, conditioning)."""
     from diffusers import UNet2DConditionModel
 
-    from reelkit.models.text import WorldTextEncoder
+    from reelkit.models.text import WorldTextEncoder, build_tokenizer
+
+    folder = Path(folder)
+    if not (folder / "ladder.json").is_file() or not (folder / "unet").is_dir():
+        raise ReelkitError(f"{folder}: not a ladder model folder (no ladder.json and unet/)")
+    config = json.loads((folder / "ladder.json").read_text())
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    if config["conditioning"] == "slots":
+        encoder = SlotEncoder(unet.config.cross_attention_dim)
+        encoder.load_state_dict(torch.load(folder / "slots.pt"))
+        return LadderDenoiser(unet, encoder).eval(), config
+    encoder = WorldTextEncoder.from_pretrained(folder / "text_encoder")
+    return LadderDenoiser(unet, encoder, build_tokenizer()).eval(), config
+
+
+def _warm_start(folder: Path, unet, encoder):
+    """The U-Net and condition encoder of a ladder model folder, checked against the fresh ones."""
     from reelkit.train.common import architecture_differences
 
-    if not (folder / "unet").is_dir():
-        raise ReelkitError(f"init_from {folder}: not a ladder model folder (no unet/)")
-    loaded = UNet2DConditionModel.from_pretrained(folder / "unet")
-    shown = architecture_differences(unet, loaded)
+    loaded, _ = load_ladder_model(folder)
+    shown = architecture_differences(unet, loaded.unet)
     if shown:
         raise ReelkitError(f"init_from {folder}: its U-Net does not match the config ({shown})")
-    if isinstance(encoder, SlotEncoder):
-        encoder.load_state_dict(torch.load(folder / "slots.pt"))
-    else:
-        if not (folder / "text_encoder").is_dir():
-            raise ReelkitError(f"init_from {folder}: it has no text encoder (a slots run?)")
-        text = WorldTextEncoder.from_pretrained(folder / "text_encoder")
-        if architecture_differences(encoder, text):
-            raise ReelkitError(f"init_from {folder}: its text encoder does not match the config")
-        encoder = text
-    return loaded.float().train(), encoder.float().train()
+    if isinstance(encoder, SlotEncoder) != isinstance(loaded.encoder, SlotEncoder):
+        wanted = "slots" if isinstance(encoder, SlotEncoder) else "text"
+        raise ReelkitError(f"init_from {folder}: its conditioning is not the config's ({wanted})")
+    if not isinstance(encoder, SlotEncoder) and architecture_differences(encoder, loaded.encoder):
+        raise ReelkitError(f"init_from {folder}: its text encoder does not match the config")
+    return loaded.unet.float().train(), loaded.encoder.float().train()
 
 
 def train(config: LadderConfig) -> Path:
@@ -438,4 +450,4 @@ def run(config_path: str | Path, **overrides) -> Path:
 
 
 __all__ = ["LadderConfig", "LadderDenoiser", "LadderRecipe", "SlotEncoder", "build_slice_cache",
-           "judge_stills", "ladder_adherence", "load_slice_cache", "run", "sample_flow", "train"]
+           "judge_stills", "ladder_adherence", "load_ladder_model", "load_slice_cache", "run", "sample_flow", "train"]

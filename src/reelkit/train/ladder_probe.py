@@ -14,34 +14,12 @@ moves before generated shapes do, so it is the early signal of a rung-1 run.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from reelkit.data.captions import SHAPES
 from reelkit.data.ladder import RUNGS, WorldSlice, heldout_slice_seeds, render_slice
 from reelkit.errors import ReelkitError
-from reelkit.train.ladder import LadderDenoiser, SlotEncoder, judge_stills, sample_flow, slot_labels
-
-
-def load_ladder_model(folder: str | Path) -> tuple[LadderDenoiser, dict]:
-    """The (eval-mode) denoiser of a ladder model folder and its ``ladder.json`` (world slice, size)."""
-    from diffusers import UNet2DConditionModel
-
-    from reelkit.models.text import WorldTextEncoder, build_tokenizer
-
-    folder = Path(folder)
-    if not (folder / "ladder.json").is_file():
-        raise ReelkitError(f"{folder}: not a ladder model folder (no ladder.json)")
-    config = json.loads((folder / "ladder.json").read_text())
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    if config["conditioning"] == "slots":
-        encoder = SlotEncoder(unet.config.cross_attention_dim)
-        encoder.load_state_dict(torch.load(folder / "slots.pt"))
-        return LadderDenoiser(unet, encoder).eval(), config
-    encoder = WorldTextEncoder.from_pretrained(folder / "text_encoder")
-    return LadderDenoiser(unet, encoder, build_tokenizer()).eval(), config
+from reelkit.train.ladder import LadderDenoiser, SlotEncoder, judge_stills, load_ladder_model, sample_flow, slot_labels
 
 
 @torch.no_grad()
